@@ -1,0 +1,223 @@
+"""The ``perflab`` command: the stack, the data, the course run, grading, labs.
+
+    perflab stack up | down | status | env [--docker]
+    perflab data build [--scale S] [--force] | status | clean
+    perflab run [--scale S] [NOTEBOOK ...]
+    perflab grade SUBMISSION.ipynb [--lab NN] [--out DIR]
+    perflab labs [--check]
+    perflab bench [--scale S]
+    perflab proxy --rtt-ms MS [--target postgres|redis]
+    perflab strip [NOTEBOOK ...]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import paths
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, "") if r.get(c) is not None else "-")) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c) if row.get(c) is not None else "-").ljust(widths[c]) for c in columns))
+
+
+def cmd_stack(args) -> int:
+    from . import stack
+
+    if args.action == "up":
+        _, messages = stack.up()
+        print("\n".join(messages))
+        print("\nPoint other tools at it with:  eval \"$(.venv/bin/perflab stack env)\"")
+    elif args.action == "down":
+        print("\n".join(stack.down()))
+    elif args.action == "status":
+        _print_table(stack.status(), ["service", "health", "version", "url", "pid", "data_dir"])
+    elif args.action == "env":
+        print("\n".join(stack.env_lines(docker=args.docker)))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from . import datasets, stack
+
+    if args.action == "build":
+        stack.ensure()
+        report = datasets.build(args.scale, force=args.force)
+        print(report)
+    elif args.action == "status":
+        stack.ensure()
+        _print_table(datasets.describe(), ["scale", "orders", "built", "current", "size", "purpose"])
+    elif args.action == "clean":
+        stack.ensure()
+        dropped = datasets.drop_clones()
+        print(f"dropped {len(dropped)} copies of the course data" + (": " + ", ".join(dropped) if dropped else ""))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from . import datasets, report, stack
+
+    if args.scale:
+        os.environ["PERFLAB_SCALE"] = args.scale
+    scale = paths.current_scale()
+    started = time.perf_counter()
+    print("== stack")
+    _, messages = stack.up()
+    print("\n".join(messages))
+    print(f"== course data ({scale})")
+    print(datasets.ensure(scale))
+    print("== notebooks")
+    notebooks = [Path(n) for n in args.notebooks] or None
+    failures = report.run_course(scale=scale, notebooks=notebooks)
+    print(f"== done in {time.perf_counter() - started:.0f} s: open {paths.BUILD_DIR / 'index.html'}")
+    return 1 if failures else 0
+
+
+def cmd_grade(args) -> int:
+    from . import grader
+
+    result = grader.grade(Path(args.submission), lab=args.lab, out_dir=Path(args.out) if args.out else None)
+    print(result.text())
+    return result.exit_code
+
+
+def cmd_labs(args) -> int:
+    from . import labgen
+
+    if args.check:
+        stale = labgen.stale_labs()
+        if stale:
+            print("labs/ is out of date with solutions/: " + ", ".join(stale) + "\nFix: run `make labs`.")
+            return 1
+        print("labs/ matches solutions/")
+        return 0
+    for path in labgen.write_all():
+        print(f"wrote {path.relative_to(paths.ROOT)}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """The data build rate, then topic 1 executed at that scale and its recorded ratios."""
+    import json
+
+    from . import datasets, report, stack
+
+    scale = args.scale or paths.current_scale()
+    os.environ["PERFLAB_SCALE"] = scale
+    if args.preset:
+        os.environ["PERFLAB_PRESET"] = args.preset
+    stack.ensure()
+    print(datasets.build(scale, force=True))
+    topic = sorted(paths.NOTEBOOKS_DIR.glob("01_*.ipynb"))
+    failures = report.run_course(scale=scale, notebooks=topic)
+    for result in sorted(paths.RESULTS_DIR.glob("01_*.json")):
+        data = json.loads(result.read_text())
+        ratio = (data.get("result") or {}).get("ratio") or {}
+        if ratio:
+            print(f"{data.get('name', result.stem):<40} {ratio.get('text', ratio)}")
+    return 1 if failures else 0
+
+
+def cmd_proxy(args) -> int:
+    from . import stack
+
+    with stack.latency_proxy(args.rtt_ms, target=args.target) as proxy:
+        print(f"{args.target} with +{args.rtt_ms} ms round trip: {stack.mask_password(proxy.url)}")
+        print("export " + ("DATABASE_URL" if args.target == "postgres" else "REDIS_URL") + f"='{proxy.url}'")
+        print("Ctrl-C to stop.")
+        try:
+            proxy.process.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_strip(args) -> int:
+    import nbformat
+
+    def strip_outputs(path: Path) -> bool:
+        notebook = nbformat.read(path, as_version=4)
+        changed = False
+        for cell in notebook.cells:
+            if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
+                cell.outputs, cell.execution_count, changed = [], None, True
+        if changed:
+            nbformat.write(notebook, path)
+        return changed
+
+    targets = [Path(p) for p in args.notebooks] or sorted(
+        p for folder in (paths.NOTEBOOKS_DIR, paths.SOLUTIONS_DIR, paths.LABS_DIR) for p in folder.glob("*.ipynb"))
+    changed = [p for p in targets if strip_outputs(p)]
+    print(f"stripped outputs from {len(changed)} notebook(s)" + "".join(f"\n  {p}" for p in changed))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perflab", description="Backend performance, measured live.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="start, stop and inspect the PostgreSQL/Redis servers")
+    p.add_argument("action", choices=["up", "down", "status", "env"])
+    p.add_argument("--docker", action="store_true", help="with env: the docker-compose stack's URLs")
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("data", help="build or inspect the course data")
+    p.add_argument("action", choices=["build", "status", "clean"])
+    p.add_argument("--scale", choices=paths.SCALES)
+    p.add_argument("--force", action="store_true", help="rebuild even if the current build is up to date")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("run", help="start the stack, build the data, execute the course, write the report")
+    p.add_argument("--scale", choices=paths.SCALES)
+    p.add_argument("notebooks", nargs="*")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("grade", help="grade a lab submission")
+    p.add_argument("submission")
+    p.add_argument("--lab", help="lab number, e.g. 01 (default: from the file name)")
+    p.add_argument("--out", help="folder for results.json (default: build/grades/)")
+    p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("labs", help="generate labs/ from solutions/")
+    p.add_argument("--check", action="store_true", help="only check that labs/ is up to date")
+    p.set_defaults(func=cmd_labs)
+
+    p = sub.add_parser("bench", help="data build rate and topic 1's ratios at a scale")
+    p.add_argument("--scale", choices=paths.SCALES)
+    p.add_argument("--preset", default=None, choices=["fast", "default", "rigorous"])
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("proxy", help="run a latency proxy in front of a server until Ctrl-C")
+    p.add_argument("--rtt-ms", type=float, required=True)
+    p.add_argument("--target", choices=["postgres", "redis"], default="postgres")
+    p.set_defaults(func=cmd_proxy)
+
+    p = sub.add_parser("strip", help="remove outputs from notebooks before committing")
+    p.add_argument("notebooks", nargs="*")
+    p.set_defaults(func=cmd_strip)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .datasets import DatasetError
+    from .stack import StackError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (StackError, DatasetError) as exc:
+        print(f"perflab: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("perflab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

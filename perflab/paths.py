@@ -1,0 +1,37 @@
+"""Where things live: one place for every folder the course reads or writes.
+
+Everything the course writes goes under the project folder, never into the user's home:
+``.perflab/`` holds the running stack's state (server data, logs, passwords), ``build/`` the
+executed notebooks, figures and the report. Both are git-ignored and safe to delete.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+STATE_DIR = Path(os.environ.get("PERFLAB_STATE_DIR") or ROOT / ".perflab")
+BUILD_DIR = Path(os.environ.get("PERFLAB_BUILD_DIR") or ROOT / "build")
+
+NOTEBOOKS_DIR = ROOT / "notebooks"
+LABS_DIR = ROOT / "labs"
+SOLUTIONS_DIR = ROOT / "solutions"
+DATASETS_DIR = ROOT / "datasets"
+
+# Sub-folders of build/ that notebooks write into while `make run` executes them.
+FIGURES_DIR = BUILD_DIR / "figures"
+RESULTS_DIR = BUILD_DIR / "results"
+
+SCALES = ("tiny", "small", "full")
+DEFAULT_SCALE = "small"
+
+
+def current_scale() -> str:
+    """The data scale in force: ``PERFLAB_SCALE`` if set, else ``small``."""
+    scale = os.environ.get("PERFLAB_SCALE", DEFAULT_SCALE).strip().lower()
+    if scale not in SCALES:
+        raise ValueError(
+            f"PERFLAB_SCALE={scale!r} is not a course scale; use one of {', '.join(SCALES)}"
+        )
+    return scale

