@@ -1,0 +1,838 @@
+"""Grade a lab submission: run it in a fresh kernel, then judge its answers in the grader's process.
+
+Usage (what ``perflab grade`` / ``make grade LAB=NN SUBMISSION=…`` does)::
+
+    from perflab.grader import grade
+
+    report = grade("work/02_sargable.ipynb")          # lab inferred from the NN_ prefix
+    print(report.text())
+    raise SystemExit(report.exit_code)                # 0 passed, 1 failed, 2 invalid, 3 inconclusive, 4 grader error
+
+How a run goes:
+
+1. The submission must be a readable notebook, else the report is "invalid" (score 0, exit code 2)
+   with the reason and the fix.
+2. Labs that need the database get two throwaway clones of the course data: one for the learner's
+   kernel (``DATABASE_URL``), one for the checks (``ctx.dsn``). Learner code never touches the course
+   database itself.
+3. The notebook runs top to bottom in a fresh kernel (``PERFLAB_GRADING=1``), each cell limited to
+   ``spec.cell_timeout`` seconds and the whole run to ``spec.total_timeout``; a failing cell does not
+   stop the run. After every code cell a hidden step records the lab's answer names that are defined:
+   JSON values as they are, functions and classes as their source text. A later crash, timeout or
+   dead kernel therefore loses nothing recorded before it.
+4. Each exercise whose answers were all recorded has its checks run here, in the grader's process;
+   an exercise with a missing answer fails every check with the reason (the cell that raised or
+   timed out, or "not defined"), and the others are graded as usual.
+5. The report gives each check's verdict and message, the score, and writes a Gradescope-format
+   ``results.json`` when asked.
+
+Writing a lab's checks (``perflab/labchecks/labNN.py`` defines ``LAB``)::
+
+    from perflab.grader import Check, CheckResult, Exercise, LabSpec, learner_code
+    from perflab.probes import explain
+
+    def uses_the_index(ctx):
+        with learner_code("MARCH_SQL"):                # an error here is the learner's, not the grader's
+            plan = explain(ctx.dsn, ctx.answers["MARCH_SQL"])
+        if plan.has("Seq Scan", "orders"):
+            return CheckResult.fail("MARCH_SQL still scans the whole table: compare the column itself "
+                                    "with a date range instead of wrapping it in EXTRACT()")
+        return CheckResult.ok("MARCH_SQL uses the index on created_at")
+
+    LAB = LabSpec(id="02", title="Sargable predicates", solution="02_sargable.ipynb", exercises=[
+        Exercise("march", "Orders in March", None, ["MARCH_SQL"], [Check("uses the index", uses_the_index, 2)]),
+    ])
+
+A check returns a `CheckResult` (or a bool). Raising `SubmissionError` fails the check with its
+message; raising `Inconclusive` (or returning ``CheckResult.inconclusive``) marks it "inconclusive —
+rerun": no points, not a failure. Any other exception is a bug in the check: status "error".
+Checks of one run share ``ctx.scratch`` (e.g. a reference timing measured once).
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import importlib.util
+import json
+import re
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterator
+
+from . import paths
+
+__all__ = [
+    "grade",
+    "load_lab",
+    "LabSpec",
+    "Exercise",
+    "Check",
+    "CheckResult",
+    "GradingContext",
+    "GradeReport",
+    "RecordedFunction",
+    "SubmissionError",
+    "Inconclusive",
+    "LabNotFound",
+    "learner_code",
+    "call_submitted",
+]
+
+STATUSES = ("passed", "failed", "inconclusive", "error")
+EXIT_CODES = {"passed": 0, "failed": 1, "invalid": 2, "inconclusive": 3, "error": 4}
+
+_LAB_PREFIX = re.compile(r"^(\d+)_")
+
+
+class SubmissionError(Exception):
+    """Raised by a check when the learner's answer itself is broken (SQL error, wrong type, crash).
+
+    The check fails with this message; it is not reported as a grader bug.
+    """
+
+
+class Inconclusive(Exception):
+    """Raised by a check when this run cannot judge (e.g. timings too noisy): rerun, not a failure."""
+
+
+class LabNotFound(LookupError):
+    """No lab specification for the given id, module or file."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Lab specifications
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A check's verdict. ``status`` defaults from ``passed``; use the constructors below."""
+
+    passed: bool
+    message: str
+    status: str = ""
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            object.__setattr__(self, "status", "passed" if self.passed else "failed")
+        if self.status not in STATUSES:
+            raise ValueError(f"CheckResult status must be one of {STATUSES}, not {self.status!r}")
+        if self.passed != (self.status == "passed"):
+            raise ValueError(f"CheckResult(passed={self.passed}) contradicts status {self.status!r}")
+
+    @classmethod
+    def ok(cls, message: str = "", **details: Any) -> "CheckResult":
+        return cls(True, message, "passed", details)
+
+    @classmethod
+    def fail(cls, message: str, **details: Any) -> "CheckResult":
+        return cls(False, message, "failed", details)
+
+    @classmethod
+    def inconclusive(cls, message: str, **details: Any) -> "CheckResult":
+        return cls(False, message, "inconclusive", details)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One judged property of an exercise; ``fn(ctx)`` returns a `CheckResult` (or a bool)."""
+
+    name: str
+    fn: Callable[["GradingContext"], "CheckResult | bool"]
+    points: float = 1
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """An exercise: the answer names it needs and its checks.
+
+    ``points`` may be None (the checks' points add up to it); if given it must equal that sum.
+    """
+
+    name: str
+    title: str
+    points: float | None
+    answers: list[str]
+    checks: list[Check]
+
+    def __post_init__(self) -> None:
+        total = sum(check.points for check in self.checks)
+        if self.points is None:
+            object.__setattr__(self, "points", total)
+        elif abs(self.points - total) > 1e-9:
+            raise ValueError(
+                f"exercise {self.name!r}: points={self.points} but its checks add up to {total}; "
+                "make them agree (or pass points=None)"
+            )
+        if not self.answers:
+            raise ValueError(f"exercise {self.name!r} names no answers; list the variables or functions it grades")
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """A lab: its exercises and how to run a submission."""
+
+    id: str
+    title: str
+    solution: str  # file name in solutions/ (an absolute path is used as is)
+    exercises: list[Exercise]
+    needs_database: bool = True
+    cell_timeout: float = 120
+    total_timeout: float = 900
+    pass_mark: float = 1.0  # fraction of max_score needed to pass
+
+    def __post_init__(self) -> None:
+        lab_id = str(self.id)
+        object.__setattr__(self, "id", f"{int(lab_id):02d}" if lab_id.isdigit() else lab_id)
+        names = [exercise.name for exercise in self.exercises]
+        if len(set(names)) != len(names):
+            raise ValueError(f"lab {self.id}: exercise names must be unique, got {names}")
+        if not 0 < self.pass_mark <= 1:
+            raise ValueError(f"lab {self.id}: pass_mark is a fraction in (0, 1], got {self.pass_mark}")
+
+    @property
+    def max_score(self) -> float:
+        return sum(exercise.points for exercise in self.exercises)
+
+    @property
+    def answer_names(self) -> list[str]:
+        return list(dict.fromkeys(name for exercise in self.exercises for name in exercise.answers))
+
+    @property
+    def solution_path(self) -> Path:
+        path = Path(self.solution)
+        return path if path.is_absolute() else Path(paths.SOLUTIONS_DIR) / path
+
+
+def _available_labs() -> list[str]:
+    try:
+        package = importlib.import_module("perflab.labchecks")
+    except ImportError:
+        return []
+    found = []
+    for directory in getattr(package, "__path__", []):
+        found += [p.stem[3:] for p in Path(directory).glob("lab[0-9]*.py")]
+    return sorted(set(found))
+
+
+def _lab_from_module(module: ModuleType, origin: str) -> LabSpec:
+    spec = getattr(module, "LAB", None)
+    if not isinstance(spec, LabSpec):
+        raise LabNotFound(f"{origin} does not define LAB = LabSpec(...)")
+    return spec
+
+
+def load_lab(lab: "LabSpec | str | int | Path") -> LabSpec:
+    """The `LabSpec` for a lab id (``"02"``, ``"2"``, ``2``), a module path, a ``.py`` file, or a spec."""
+    if isinstance(lab, LabSpec):
+        return lab
+    text = str(lab)
+    if text.isdigit():
+        module_name = f"perflab.labchecks.lab{int(text):02d}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (module_name, "perflab.labchecks"):
+                raise  # the lab's own imports are broken: show the real error
+            available = ", ".join(_available_labs()) or "none yet"
+            raise LabNotFound(
+                f"there is no lab {int(text):02d} (no perflab/labchecks/lab{int(text):02d}.py); labs: {available}"
+            ) from None
+        return _lab_from_module(module, module_name)
+    if text.endswith(".py") or Path(text).is_file():
+        path = Path(text)
+        if not path.is_file():
+            raise LabNotFound(f"no lab checks file {path}")
+        module_name = f"perflab_labspec_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+        spec.loader.exec_module(module)
+        return _lab_from_module(module, str(path))
+    try:
+        module = importlib.import_module(text)
+    except ModuleNotFoundError as exc:
+        if exc.name and text.startswith(exc.name):
+            raise LabNotFound(f"no lab module {text!r}; pass a lab number like 02 or a checks file") from None
+        raise
+    return _lab_from_module(module, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# What checks see
+
+
+@dataclass(frozen=True)
+class RecordedFunction:
+    """A function (or class) answer, recorded as its source text from the learner's kernel."""
+
+    name: str
+    source: str
+    cell: int | None = None  # cell number (from 1) after which it was last recorded
+
+    def load(self, namespace: dict | None = None) -> Callable:
+        """Re-create it by exec'ing the source in a fresh namespace (``namespace`` pre-fills globals,
+        e.g. imports the function relies on). A broken source raises `SubmissionError`."""
+        scope = {"__name__": "submission", **(namespace or {})}
+        try:
+            exec(compile(self.source, f"<your {self.name}>", "exec"), scope)
+        except Exception as exc:
+            raise SubmissionError(
+                f"could not re-create {self.name} from your notebook's source: {type(exc).__name__}: {exc}"
+            ) from None
+        value = scope.get(self.name)
+        if not callable(value):
+            raise SubmissionError(f"the source recorded for {self.name} does not define {self.name}")
+        return value
+
+
+@dataclass
+class GradingContext:
+    """Everything a check gets: the recorded answers, why some are missing, a database, shared scratch."""
+
+    lab: LabSpec
+    submission: Path
+    answers: dict[str, Any]
+    answer_errors: dict[str, str]
+    dsn: str | None = None
+    execution: Any = None  # perflab.notebooks.ExecutionResult of the submission
+    scratch: dict = field(default_factory=dict)
+
+    def function(self, name: str, namespace: dict | None = None) -> Callable:
+        """The answer ``name`` re-created as a callable in this process (see `RecordedFunction.load`)."""
+        value = self.answers[name]
+        if isinstance(value, RecordedFunction):
+            return value.load(namespace)
+        raise SubmissionError(
+            f"{name} should be a function (`def {name}(...):`), but your notebook sets it to a "
+            f"{type(value).__name__}: {_brief(value)}"
+        )
+
+
+@contextlib.contextmanager
+def learner_code(what: str) -> Iterator[None]:
+    """Any exception inside is the learner's answer failing (e.g. a SQL syntax error), not a grader bug::
+
+        with learner_code("MARCH_SQL"):
+            cur.execute(ctx.answers["MARCH_SQL"])
+    """
+    try:
+        yield
+    except (SubmissionError, Inconclusive):
+        raise
+    except Exception as exc:
+        message = str(exc).strip().splitlines()
+        detail = message[0] if message else ""
+        raise SubmissionError(f"running {what} failed: {type(exc).__name__}: {detail}") from exc
+
+
+def call_submitted(fn: Callable, *args: Any, timeout: float = 10.0, **kwargs: Any) -> Any:
+    """Call a learner's function here with a time limit; its exception or hang is a `SubmissionError`.
+
+    The call runs in a daemon thread: a call that never returns is abandoned (it keeps a CPU busy
+    until the grader exits, which is fine for a one-shot grading process).
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported to the learner below
+            outcome["error"] = exc
+
+    call = f"{getattr(fn, '__name__', 'function')}({', '.join([_brief(a, 40) for a in args] + [f'{k}={_brief(v, 40)}' for k, v in kwargs.items()])})"
+    thread = threading.Thread(target=target, daemon=True, name=f"perflab-grade-{call[:30]}")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise SubmissionError(f"{call} did not return within {timeout:g} s (infinite loop?)")
+    if "error" in outcome:
+        exc = outcome["error"]
+        raise SubmissionError(f"{call} raised {type(exc).__name__}: {exc}") from None
+    return outcome.get("value")
+
+
+def _brief(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording answers inside the learner's kernel
+
+# Runs silently in the kernel after every code cell. It defines, calls and deletes one function so
+# nothing is left in the learner's namespace; the file it merges into survives a later crash.
+_RECORDER = textwrap.dedent(
+    '''
+    def _perflab_record_answers(names, path, cell_number):
+        import builtins, inspect, json, os, textwrap
+        namespace = globals()
+        try:
+            with builtins.open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            saved = {"answers": {}, "problems": {}}
+        for name in names:
+            if name not in namespace:
+                continue
+            value = namespace[name]
+            entry, problem = None, None
+            if inspect.isfunction(value) or inspect.isclass(value):
+                try:
+                    source = textwrap.dedent(inspect.getsource(value))
+                    own_name = name if value.__name__ == "<lambda>" else value.__name__
+                    entry = {"kind": "function", "name": own_name, "source": source}
+                except (OSError, TypeError):
+                    problem = (f"{name} is a function whose source the grader cannot read; "
+                               f"define it with a plain `def {name}(...):` in a cell")
+            else:
+                try:
+                    json.dumps(value)
+                    entry = {"kind": "value", "value": value}
+                except (TypeError, ValueError):
+                    problem = (f"{name} is a {type(value).__name__}, which the grader cannot record; "
+                               "make it a str, number, list, dict or None")
+            if entry is not None:
+                entry["cell"] = cell_number
+                saved["answers"][name] = entry
+                saved["problems"].pop(name, None)
+            else:
+                saved["answers"].pop(name, None)
+                saved["problems"][name] = {"message": problem, "cell": cell_number}
+        with builtins.open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(saved, f)
+        os.replace(path + ".tmp", path)
+    '''
+).strip()
+
+
+def _recorder(names: list[str], answers_file: Path) -> Callable:
+    def code_after(run) -> str:
+        return (
+            f"{_RECORDER}\n"
+            f"_perflab_record_answers({names!r}, {str(answers_file)!r}, {run.number})\n"
+            "del _perflab_record_answers\n"
+        )
+
+    return code_after
+
+
+def _load_answers(answers_file: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    try:
+        saved = json.loads(answers_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}, {}
+    answers: dict[str, Any] = {}
+    for name, entry in saved.get("answers", {}).items():
+        if entry.get("kind") == "function":
+            answers[name] = RecordedFunction(entry["name"], entry["source"], entry.get("cell"))
+        else:
+            answers[name] = entry.get("value")
+    problems = {name: p["message"] for name, p in saved.get("problems", {}).items()}
+    return answers, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Why an answer is missing
+
+
+def _module_level_names(source: str) -> set[str] | None:
+    """Names a cell binds at module level, or None if it does not parse."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        source = TransformerManager().transform_cell(source)
+    except Exception:  # noqa: BLE001 - fall back to the raw source
+        pass
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    names: set[str] = set()
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            continue  # their bodies bind local names, not module-level ones
+        if isinstance(node, ast.Lambda):
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name.split(".")[0])
+        stack.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def _defines(source: str, name: str) -> bool:
+    names = _module_level_names(source)
+    if names is not None:
+        return name in names
+    # The cell does not parse (its SyntaxError is what the learner must fix): match by text.
+    name = re.escape(name)
+    pattern = rf"^\s*(?:{name}\s*(?::[^=\n]*)?=(?!=)|(?:async\s+)?def\s+{name}\b|class\s+{name}\b)"
+    return re.search(pattern, source, re.MULTILINE) is not None
+
+
+def _why_missing(name: str, execution, problems: dict[str, str]) -> str:
+    if name in problems:
+        return problems[name]
+    runs = execution.cells if execution is not None else []
+    failures = [run for run in runs if run.failed and run.status != "not_run"]
+    defining = [run for run in runs if _defines(run.source, name)]
+    if not defining:
+        reason = (
+            f"{name} is not defined — did you run/keep the cell that defines {name}? "
+            "(keep the name exactly as the lab spells it)"
+        )
+        if failures:
+            reason += f"; note that {failures[0].describe()}"
+        return reason
+    cell = next((run for run in defining if run.failed), defining[0])
+    earlier = [run for run in failures if run.index < cell.index]
+    if cell.status in ("error", "timeout", "kernel_died"):
+        reason = f"{name} was never set because {cell.describe()}"
+        if earlier:
+            reason += f" (an earlier cell had already failed: {earlier[0].describe()})"
+        return reason
+    if cell.status == "not_run":
+        return f"{name} was never set: {cell.describe()}"
+    if earlier:
+        return f"{name} is not defined after {cell.label} ran, probably because {earlier[0].describe()}"
+    return (
+        f"{name} is not defined after {cell.label} ran — assign it at the top level of the cell "
+        "(not only inside a function or an `if` branch that did not run)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class CheckOutcome:
+    exercise: str
+    name: str
+    status: str  # passed | failed | inconclusive | error
+    score: float
+    max_score: float
+    message: str
+    details: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        return {"passed": "pass", "failed": "FAIL", "inconclusive": "RERUN", "error": "ERROR"}[self.status]
+
+    @property
+    def shown_message(self) -> str:
+        if self.status == "inconclusive":
+            return f"inconclusive — rerun: {self.message}"
+        if self.status == "error":
+            return f"grader error (not your fault): {self.message}"
+        return self.message
+
+
+@dataclass
+class ExerciseReport:
+    name: str
+    title: str
+    max_score: float
+    checks: list[CheckOutcome]
+    missing: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        return sum(check.score for check in self.checks)
+
+
+def _points(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass
+class GradeReport:
+    """The outcome of `grade`: scores, every check's message, and how to print or export it."""
+
+    submission: Path
+    lab_id: str | None
+    title: str | None
+    exercises: list[ExerciseReport]
+    pass_mark: float = 1.0
+    problem: str | None = None  # why the submission could not be graded at all
+    problem_status: str | None = None  # "invalid" (the submission) or "error" (the grader)
+    notebook_notes: list[str] = field(default_factory=list)  # cells that failed while it ran
+    seconds: float = 0.0
+    lab_max_score: float | None = None
+
+    @property
+    def score(self) -> float:
+        return sum(exercise.score for exercise in self.exercises)
+
+    @property
+    def max_score(self) -> float:
+        if self.exercises:
+            return sum(exercise.max_score for exercise in self.exercises)
+        return self.lab_max_score or 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.problem is None and self.max_score > 0 and self.score >= self.pass_mark * self.max_score - 1e-9
+
+    @property
+    def checks(self) -> list[CheckOutcome]:
+        return [check for exercise in self.exercises for check in exercise.checks]
+
+    @property
+    def status(self) -> str:
+        if self.problem is not None:
+            return self.problem_status or "invalid"
+        if self.passed:
+            return "passed"
+        statuses = {check.status for check in self.checks}
+        for status in ("failed", "error", "inconclusive"):
+            if status in statuses:
+                return status
+        return "failed"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+    def text(self) -> str:
+        lines = [f"Lab {self.lab_id or '?'}" + (f" — {self.title}" if self.title else ""), f"Submission: {self.submission}"]
+        if self.problem is not None:
+            label = "Cannot grade" if self.status == "invalid" else "Grader error"
+            lines += ["", f"{label}: {self.problem}", "", f"Score: 0/{_points(self.max_score)} — {self.status.upper()}"]
+            return "\n".join(lines) + "\n"
+        for exercise in self.exercises:
+            lines += ["", f"{exercise.title}: {_points(exercise.score)}/{_points(exercise.max_score)}"]
+            if exercise.missing:
+                # One reason for the whole exercise reads better than the same one under every check.
+                lines += [f"  not graded: {reason}" for reason in exercise.missing.values()]
+            for check in exercise.checks:
+                head = f"  {check.verdict:<5}  {check.name} ({_points(check.score)}/{_points(check.max_score)})"
+                shown = "" if exercise.missing else check.shown_message
+                lines.append(head + (f": {shown}" if shown else ""))
+        if self.notebook_notes:
+            lines += ["", "While your notebook ran:"] + [f"  - {note}" for note in self.notebook_notes]
+        verdict = {
+            "passed": "PASSED",
+            "failed": "FAILED",
+            "inconclusive": "INCONCLUSIVE — some checks could not judge this run (the machine was too "
+            "noisy); rerun the grader",
+            "error": "GRADER ERROR — a check crashed; this is not your fault, please report it",
+        }[self.status]
+        needed = self.pass_mark * self.max_score
+        lines += ["", f"Score: {_points(self.score)}/{_points(self.max_score)} (pass mark {_points(needed)}) — {verdict}"]
+        return "\n".join(lines) + "\n"
+
+    def to_gradescope(self) -> dict:
+        """Gradescope's results.json: score, max_score, output, and one test per check."""
+        tests = []
+        for exercise in self.exercises:
+            for check in exercise.checks:
+                tests.append(
+                    {
+                        "name": f"{exercise.title}: {check.name}",
+                        "score": check.score,
+                        "max_score": check.max_score,
+                        "output": check.shown_message,
+                        "status": "passed" if check.status == "passed" else "failed",
+                        "visibility": "visible",
+                    }
+                )
+        return {"score": self.score, "max_score": self.max_score, "output": self.text(), "tests": tests}
+
+    def write_results_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_gradescope(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Grading
+
+
+def _run_check(exercise: Exercise, check: Check, ctx: GradingContext) -> CheckOutcome:
+    started = time.monotonic()
+    try:
+        result = check.fn(ctx)
+        if isinstance(result, bool):
+            result = CheckResult(result, "" if result else "the answer does not meet this check")
+        elif not isinstance(result, CheckResult):
+            result = CheckResult(
+                False, f"check {check.name!r} returned {_brief(result)} instead of a CheckResult", "error"
+            )
+    except SubmissionError as exc:
+        result = CheckResult.fail(str(exc))
+    except Inconclusive as exc:
+        result = CheckResult.inconclusive(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a bug in the check, reported as such
+        result = CheckResult(
+            False,
+            f"check {check.name!r} crashed with {type(exc).__name__}: {exc}",
+            "error",
+            {"traceback": traceback.format_exc()},
+        )
+    return CheckOutcome(
+        exercise=exercise.name,
+        name=check.name,
+        status=result.status,
+        score=check.points if result.status == "passed" else 0,
+        max_score=check.points,
+        message=result.message,
+        details=dict(result.details),
+        seconds=time.monotonic() - started,
+    )
+
+
+def _grade_exercise(exercise: Exercise, ctx: GradingContext) -> ExerciseReport:
+    missing = {name: ctx.answer_errors[name] for name in exercise.answers if name not in ctx.answers}
+    if missing:
+        reason = "; ".join(missing.values())
+        checks = [
+            CheckOutcome(exercise.name, check.name, "failed", 0, check.points, f"not graded: {reason}")
+            for check in exercise.checks
+        ]
+    else:
+        checks = [_run_check(exercise, check, ctx) for check in exercise.checks]
+    return ExerciseReport(exercise.name, exercise.title, exercise.points, checks, missing)
+
+
+def _infer_lab(submission: Path) -> str:
+    match = _LAB_PREFIX.match(submission.name)
+    if not match:
+        raise LabNotFound(
+            f"cannot tell which lab {submission.name!r} is: keep the lab's NN_ prefix in the file name "
+            "(e.g. 02_sargable.ipynb) or say which lab it is (LAB=02)"
+        )
+    return match.group(1)
+
+
+def grade(
+    submission: str | Path,
+    lab: "LabSpec | str | int | None" = None,
+    *,
+    out_dir: str | Path | None = None,
+    results_json: str | Path | None = None,
+) -> GradeReport:
+    """Grade one submitted notebook; see the module docstring.
+
+    ``lab``: a `LabSpec`, a lab id, a module path or a checks file; None infers it from the file
+    name's ``NN_`` prefix. ``out_dir`` receives the executed notebook, ``report.txt`` and
+    ``results.json``; ``results_json`` names the Gradescope file explicitly.
+    """
+    from . import notebooks
+
+    started = time.monotonic()
+    submission = Path(submission)
+    spec: LabSpec | None = None
+
+    def finish(report: GradeReport) -> GradeReport:
+        report.seconds = time.monotonic() - started
+        target = Path(results_json) if results_json else (Path(out_dir) / "results.json" if out_dir else None)
+        if target is not None:
+            report.write_results_json(target)
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / "report.txt").write_text(report.text(), encoding="utf-8")
+        return report
+
+    def cannot_grade(message: str, status: str = "invalid") -> GradeReport:
+        return finish(
+            GradeReport(
+                submission,
+                spec.id if spec else None,
+                spec.title if spec else None,
+                [],
+                pass_mark=spec.pass_mark if spec else 1.0,
+                problem=message,
+                problem_status=status,
+                lab_max_score=spec.max_score if spec else None,
+            )
+        )
+
+    try:
+        spec = load_lab(lab if lab is not None else _infer_lab(submission))
+    except LabNotFound as exc:
+        return cannot_grade(str(exc))
+    try:
+        notebooks.read_notebook(submission)
+    except notebooks.MalformedNotebook as exc:
+        return cannot_grade(str(exc))
+
+    with contextlib.ExitStack() as resources:
+        learner_dsn = checks_dsn = None
+        if spec.needs_database:
+            try:
+                from . import datasets, stack
+
+                stack.ensure()
+                learner_dsn = resources.enter_context(datasets.throwaway())
+                checks_dsn = resources.enter_context(datasets.throwaway())
+            except Exception as exc:  # noqa: BLE001 - the grader's environment, not the learner
+                return cannot_grade(
+                    f"could not prepare the database for grading ({type(exc).__name__}: {exc}); "
+                    "check `perflab status` and try again",
+                    status="error",
+                )
+        workdir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="perflab-grade-")))
+        answers_file = workdir / "answers.json"
+        env = {"PERFLAB_GRADING": "1"}
+        if learner_dsn:
+            env["DATABASE_URL"] = learner_dsn
+        try:
+            execution = notebooks.execute(
+                submission,
+                out_path=Path(out_dir) / f"executed_{submission.name}" if out_dir else None,
+                env=env,
+                cell_timeout=spec.cell_timeout,
+                total_timeout=spec.total_timeout,
+                cwd=submission.resolve().parent,
+                allow_errors=True,
+                extra_cells_after=_recorder(spec.answer_names, answers_file),
+            )
+        except notebooks.MalformedNotebook as exc:
+            return cannot_grade(str(exc))
+        except notebooks.NotebookError as exc:  # no kernel could start: the grader's environment
+            return cannot_grade(str(exc), status="error")
+        answers, problems = _load_answers(answers_file)
+        answer_errors = {
+            name: _why_missing(name, execution, problems) for name in spec.answer_names if name not in answers
+        }
+        ctx = GradingContext(
+            lab=spec,
+            submission=submission,
+            answers=answers,
+            answer_errors=answer_errors,
+            dsn=checks_dsn,
+            execution=execution,
+        )
+        exercises = [_grade_exercise(exercise, ctx) for exercise in spec.exercises]
+
+    notes = [run.describe() for run in execution.failures]
+    if execution.stopped and not execution.kernel_died:
+        notes.append(f"the run stopped early: {execution.stopped}")
+    notes += [f"the grader's answer recorder failed {error}" for error in execution.hidden_errors]
+    return finish(
+        GradeReport(
+            submission,
+            spec.id,
+            spec.title,
+            exercises,
+            pass_mark=spec.pass_mark,
+            notebook_notes=notes,
+            lab_max_score=spec.max_score,
+        )
+    )

@@ -1,0 +1,182 @@
+"""report: record() → build/results, build_summary() → summary.json, write_index() → index.html, run_course()."""
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+import perflab
+from perflab import paths, report
+
+v4 = nbformat.v4
+
+
+class FakeComparison:
+    """Stands in for harness.Comparison: to_dict() plus a headline."""
+
+    headline = "range: 212x faster than EXTRACT (95% CI 190x–240x)"
+
+    def to_dict(self):
+        return {
+            "kind": "comparison",
+            "headline": self.headline,
+            "ratio": {"slow": "EXTRACT", "fast": "range", "value": 212.0, "ci_low": 190.0, "ci_high": 240.0},
+            "summary": [{"variant": "range", "median_ms": 0.5, "p99_ms": float("nan")}],
+            "rounds": np.int64(20),
+            "medians": np.array([0.5, 106.0]),
+        }
+
+
+def strict_json(path: Path):
+    def refuse(constant):
+        raise AssertionError(f"{path.name} contains {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture()
+def build(tmp_path, monkeypatch):
+    build = tmp_path / "build"
+    monkeypatch.setattr(paths, "BUILD_DIR", build)
+    monkeypatch.setattr(paths, "RESULTS_DIR", build / "results")
+    monkeypatch.setattr(paths, "FIGURES_DIR", build / "figures")
+    monkeypatch.setattr(paths, "NOTEBOOKS_DIR", tmp_path / "notebooks")
+    monkeypatch.setenv("PERFLAB_SCALE", "tiny")
+    monkeypatch.delenv("PERFLAB_NOTEBOOK", raising=False)
+    # No servers in these tests: the environment reports fixed versions instead of probing.
+    fake_stack = types.ModuleType("perflab.stack")
+    fake_stack.versions = lambda: {"postgresql": "16.2", "redis": "6.2.14"}
+    monkeypatch.setitem(sys.modules, "perflab.stack", fake_stack)
+    monkeypatch.setattr(perflab, "stack", fake_stack, raising=False)
+    return build
+
+
+def test_record_writes_strict_json_with_everything(build):
+    figure = build / "figures" / "02_sargable__hour.png"
+    figure.parent.mkdir(parents=True)
+    figure.write_bytes(b"\x89PNG fake")
+    claims = [{"claim": "range vs YEAR()", "article": "1000x", "measured": FakeRatio(), "verdict": "consistent"}]
+    path = report.record("02_sargable", "hour window", FakeComparison(), counters={"statements": 1},
+                         claims=claims, figure=figure)
+    assert path == build / "results" / "02_sargable__hour-window.json"
+    data = strict_json(path)
+    assert data["topic"] == "02_sargable" and data["name"] == "hour window" and data["notebook"] == "02_sargable"
+    assert data["headline"] == FakeComparison.headline
+    assert data["result"]["summary"][0]["p99_ms"] is None  # NaN → null
+    assert data["result"]["rounds"] == 20 and data["result"]["medians"] == [0.5, 106.0]
+    assert data["counters"] == {"statements": 1}
+    assert data["claims"][0]["measured"] == "212x faster (95% CI 190x–240x)"
+    assert data["figure"] == "figures/02_sargable__hour.png"
+    assert data["scale"] == "tiny" and data["timestamp"].endswith("+00:00")
+
+
+class FakeRatio:
+    def __str__(self):
+        return "212x faster (95% CI 190x–240x)"
+
+
+def test_record_copies_a_figure_saved_outside_build_and_accepts_dicts(build, tmp_path):
+    outside = tmp_path / "elsewhere.svg"
+    outside.write_text("<svg/>")
+    path = report.record("03_pools", "pool size", {"headline": "pool: 9x faster", "x": math.inf}, figure=outside)
+    data = strict_json(path)
+    assert data["figure"] == "figures/elsewhere.svg" and (build / "figures" / "elsewhere.svg").exists()
+    assert data["result"]["x"] is None and data["headline"] == "pool: 9x faster"
+
+
+def test_record_refuses_values_that_are_not_json(build):
+    with pytest.raises(TypeError, match=r"counters\['conn'\] is a object"):
+        report.record("03_pools", "x", {}, counters={"conn": object()})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        report.record("03_pools", "x", {}, figure="missing.png")
+
+
+def test_build_summary_merges_results_with_the_environment(build):
+    report.record("01_latency", "round trips", FakeComparison())
+    report.record("02_sargable", "hour window", {"headline": "h"})
+    (build / "results" / "broken.json").write_text("{oops")
+    summary = strict_json(report.build_summary())
+    env = summary["environment"]
+    assert env["postgresql"] == "16.2" and env["redis"] == "6.2.14" and env["scale"] == "tiny"
+    assert {"python", "cores", "platform", "perflab"} <= set(env)
+    assert [c["name"] for c in summary["comparisons"]] == ["round trips", "hour window"]
+    assert summary["skipped"][0]["file"] == "broken.json"
+
+
+def test_build_summary_without_servers_reports_null_versions(build, monkeypatch):
+    def down():
+        raise ConnectionError("no server")
+
+    monkeypatch.setattr(sys.modules["perflab.stack"], "versions", down)
+    env = strict_json(report.build_summary())["environment"]
+    assert env["postgresql"] is None and env["redis"] is None
+
+
+def test_write_index_links_pages_figures_headlines_and_failures(build):
+    (build / "figures").mkdir(parents=True)
+    (build / "figures" / "02_sargable__hour.png").write_bytes(b"png")
+    (build / "figures" / "02_sargable_extra.svg").write_text("<svg/>")
+    (build / "figures" / "zz_unrelated.png").write_bytes(b"png")
+    report.record("02_sargable", "hour window", FakeComparison(), figure=build / "figures" / "02_sargable__hour.png",
+                  claims=[{"claim": "range <b>vs</b> YEAR()", "article": "1000x", "measured": "212x", "verdict": "ok"}])
+    (build / "02_sargable.html").write_text("<html></html>")
+    (build / "03_pools.html").write_text("<html></html>")
+    runs = [
+        {"notebook": "02_sargable", "file": "02_sargable.ipynb", "html": "02_sargable.html", "ok": True,
+         "error": None, "seconds": 12.5, "scale": "tiny"},
+        {"notebook": "03_pools", "file": "03_pools.ipynb", "html": "03_pools.html", "ok": False,
+         "error": "cell 7 (`pool.wait()`) raised TimeoutError: <no pool>", "seconds": 3.0, "scale": "tiny"},
+    ]
+    (build / "run.json").write_text(json.dumps(runs))
+    report.build_summary()
+    page = report.write_index().read_text()
+    assert "<a href='02_sargable.html'>02_sargable</a>" in page and "<a href='03_pools.html'>03_pools</a>" in page
+    assert "range: 212x faster than EXTRACT (95% CI 190x–240x)" in page
+    assert "<img src='figures/02_sargable__hour.png'" in page and "<img src='figures/02_sargable_extra.svg'" in page
+    assert "Other figures" in page and "figures/zz_unrelated.png" in page
+    assert "raised TimeoutError: &lt;no pool&gt;" in page  # escaped
+    assert "range &lt;b&gt;vs&lt;/b&gt; YEAR()" in page
+    assert "16.2" in page and "1/2 notebooks ran" in page
+    assert "<script" not in page and "http" not in page  # self-contained: no external assets
+
+
+def write_course_notebook(folder: Path, name: str, *sources: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = v4.new_notebook()
+    nb.cells = [v4.new_markdown_cell(f"# {name} title")] + [v4.new_code_cell(s) for s in sources]
+    nbformat.write(nb, folder / name)
+    return folder / name
+
+
+def test_run_course_runs_every_notebook_reports_failures_and_continues(build, tmp_path, capsys):
+    notebooks = tmp_path / "notebooks"
+    write_course_notebook(
+        notebooks, "01_ok.ipynb",
+        "import os\nfrom perflab import report\n"
+        "report.record('01_ok', 'demo', {'headline': 'fast: 3x faster than slow', "
+        "'scale_seen': os.environ['PERFLAB_SCALE']})",
+    )
+    failing = write_course_notebook(notebooks, "02_fails.ipynb", "x = 1", "y = x / 0")
+    write_course_notebook(notebooks, "10_after.ipynb", "print('still ran')")
+    failed = report.run_course(scale="tiny")
+    assert failed == [failing]
+
+    out = capsys.readouterr().out
+    assert "[1/3] 01_ok.ipynb ... ok" in out and "[3/3] 10_after.ipynb ... ok" in out
+    assert "[2/3] 02_fails.ipynb ... FAILED" in out
+    assert "cell 3 (`y = x / 0`) raised ZeroDivisionError: division by zero" in out
+    for stem in ("01_ok", "02_fails", "10_after"):
+        assert (build / f"{stem}.ipynb").exists() and (build / f"{stem}.html").exists()
+
+    summary = strict_json(build / "summary.json")
+    assert [c["name"] for c in summary["comparisons"]] == ["demo"]
+    assert summary["comparisons"][0]["result"]["scale_seen"] == "tiny"  # the kernel got PERFLAB_SCALE
+    assert summary["comparisons"][0]["notebook"] == "01_ok"  # and PERFLAB_NOTEBOOK
+    assert [(n["notebook"], n["ok"]) for n in summary["notebooks"]] == [
+        ("01_ok", True), ("02_fails", False), ("10_after", True)]
+    page = (build / "index.html").read_text()
+    assert "fast: 3x faster than slow" in page and "ZeroDivisionError" in page and "01_ok.ipynb title" in page
