@@ -82,7 +82,8 @@ def cmd_run(args) -> int:
 def cmd_grade(args) -> int:
     from . import grader
 
-    result = grader.grade(Path(args.submission), lab=args.lab, out_dir=Path(args.out) if args.out else None)
+    out_dir = Path(args.out) if args.out else paths.BUILD_DIR / "grades" / Path(args.submission).stem
+    result = grader.grade(Path(args.submission), lab=args.lab, out_dir=out_dir)
     print(result.text())
     return result.exit_code
 

@@ -1,0 +1,62 @@
+"""What every lab's performance checks share: a timing preset for grading and a noise gate.
+
+Grading never compares against an absolute time or a number from another machine. A speed check
+times the original (starter) code, the reference answer *twice*, and the submission, interleaved in
+one run; the two reference runs must agree (else the machine is too noisy to judge, and the check
+is inconclusive rather than failed); the submission must keep a stated share of the reference's
+speed-up over the original.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from perflab import harness
+from perflab.grader import CheckResult, Inconclusive
+
+# More rounds than the `fast` preset (a tighter CI for the noise gate), each sample ~10 ms, capped
+# at ~5 s per check so that grading a lab stays well under a minute.
+GRADING_PRESET = harness.Preset("grading", min_rounds=12, max_rounds=30, target_sample_seconds=0.01,
+                                budget_seconds=5.0, description="lab speed checks: ~2-5 s")
+# The reference against itself must agree within this factor (both CI ends), else: inconclusive.
+NOISE_LIMIT = 1.25
+# The gate judges the machine, not the answer: a busy moment (another process on a 2-core laptop)
+# makes the reference disagree with itself, so measure again up to this many times.
+NOISE_ATTEMPTS = 3
+# A submission must keep at least this share of the reference's speed-up over the original.
+SPEEDUP_SHARE = 0.5
+
+
+class WrongAnswer(Exception):
+    """The submission's answer differs from the original's: its speed is not judged."""
+
+
+def measure_gated(original: Callable, reference: Callable, submission: Callable, *,
+                  equal: Callable | None = None, preset=GRADING_PRESET) -> harness.Comparison:
+    """Time original, reference (twice) and submission interleaved; retry while the machine is noisy."""
+    variants: Mapping[str, Callable] = {
+        "original": original, "reference": reference, "reference again": reference, "submission": submission,
+    }
+    for _ in range(NOISE_ATTEMPTS):
+        try:
+            result = harness.compare(variants, preset=preset, equal=equal)
+        except harness.AnswerMismatch as mismatch:
+            raise WrongAnswer(str(mismatch)) from mismatch
+        noise = result.ratio("reference", "reference again")
+        if 1 / NOISE_LIMIT <= noise.ci_low and noise.ci_high <= NOISE_LIMIT:
+            return result
+    raise Inconclusive(f"this machine was too noisy to judge speed (the reference against itself: "
+                       f"{noise.ci_low:.2f}x–{noise.ci_high:.2f}x); rerun the grader")
+
+
+def speedup_verdict(result: harness.Comparison, what: str, hint: str, share: float = SPEEDUP_SHARE) -> CheckResult:
+    """Pass when the submission keeps ``share`` of the reference's speed-up over the original."""
+    reference_gain = result.ratio("original", "reference")
+    submission_gain = result.ratio("original", "submission")
+    needed = share * reference_gain.value
+    details = {"reference": str(reference_gain), "submission": str(submission_gain)}
+    if submission_gain.clear and submission_gain.value >= needed:
+        return CheckResult.ok(f"{submission_gain.value:.1f}x faster than the original "
+                              f"(the reference answer: {reference_gain.value:.1f}x)", **details)
+    return CheckResult.fail(
+        f"{what} against the original: {submission_gain}, but the reference answer is "
+        f"{reference_gain.value:.1f}x faster here; at least {needed:.1f}x is expected. {hint}", **details)

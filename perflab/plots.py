@@ -1,0 +1,289 @@
+"""The course's one visual style: bars of time per call with CI whiskers, log-log scaling curves.
+
+    res = compare({"EXTRACT": by_extract, "range": by_range}, args=(conn,))
+    res.plot(save="dates")          # = plots.bars(res, save="dates") -> build/figures/dates.png
+    sweep(...).plot()               # = plots.scaling(...)
+
+Figures are made without pyplot: no backend or display is needed (it works headless, in tests and in
+``make run``), scripts do not pile up open figures, and in Jupyter a figure shows once, as a PNG,
+when it is a cell's last expression (``res.plot()``); ``fig = res.plot()`` shows nothing until
+``fig`` is evaluated. Pass ``ax=`` to draw into a figure of your own (pyplot's or not). Colours are from the Okabe–Ito palette, which stays
+distinguishable with the common colour-vision deficiencies: the baseline (usually the "bad" version)
+is vermillion, the others blues and greens.
+"""
+from __future__ import annotations
+
+import io
+import math
+import re
+import textwrap
+import unicodedata
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from cycler import cycler
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from perflab import paths
+from perflab.harness import Comparison, Sweep, format_seconds, time_unit
+
+__all__ = ["style", "bars", "scaling", "save", "variant_colors", "COURSE_STYLE"]
+
+BASELINE_COLOR = "#D55E00"  # vermillion: the baseline, usually the version being fixed
+OTHER_COLORS = ("#0072B2", "#009E73", "#56B4E9", "#CC79A7", "#000000", "#999999")
+INK = "#222222"
+MUTED = "#666666"
+
+COURSE_STYLE = {
+    "font.family": "DejaVu Sans",   # ships with matplotlib: same glyphs (µ, –) on every machine
+    "font.size": 10.5,
+    "axes.titlesize": 12.5,
+    "axes.titleweight": "bold",
+    "axes.titlelocation": "left",
+    "axes.titlepad": 10,
+    "axes.labelsize": 10,
+    "axes.labelcolor": INK,
+    "axes.edgecolor": "#444444",
+    "axes.linewidth": 0.8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "axes.axisbelow": True,
+    "axes.prop_cycle": cycler(color=(BASELINE_COLOR, *OTHER_COLORS)),
+    "grid.color": "#e3e3e3",
+    "grid.linewidth": 0.8,
+    "xtick.color": "#444444",
+    "ytick.color": "#444444",
+    "xtick.labelsize": 9.5,
+    "ytick.labelsize": 10,
+    "text.color": INK,
+    "legend.frameon": False,
+    "legend.fontsize": 9.5,
+    "figure.facecolor": "white",
+    "figure.dpi": 100,
+    "savefig.dpi": 120,
+    "savefig.facecolor": "white",
+}
+
+SAVE_DPI = 120
+# Beyond this spread between the fastest and slowest variant, a linear axis shows the fast ones as
+# zero-width slivers; a log axis keeps each visible and its CI readable.
+LOG_SCALE_SPREAD = 30
+# Wrap widths (characters) that keep a headline and the variant labels inside an 8-inch figure:
+# labels take at most ~2 in on the left, leaving ~5.5 in for a bold 10.5 pt headline line.
+HEADLINE_WRAP = 62
+LABEL_WRAP = 28
+
+
+def style() -> None:
+    """Apply the course style to every later figure (idempotent: it only sets fixed values)."""
+    matplotlib.rcParams.update(COURSE_STYLE)
+
+
+def variant_colors(labels, baseline: str | None = None) -> dict[str, str]:
+    """The baseline (default: the first label) in warm vermillion, the others in cool colours."""
+    labels = list(labels)
+    baseline = labels[0] if baseline is None and labels else baseline
+    others = iter(OTHER_COLORS * (1 + len(labels) // len(OTHER_COLORS)))
+    return {label: BASELINE_COLOR if label == baseline else next(others) for label in labels}
+
+
+class CourseFigure(Figure):
+    """A Figure that Jupyter displays by itself (as a PNG), with no pyplot backend involved."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=SAVE_DPI, bbox_inches="tight", facecolor="white")
+        return buffer.getvalue()
+
+
+def _new_axes(ax: Axes | None, width: float, height: float) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    figure = CourseFigure(figsize=(width, height), layout="constrained")
+    return figure, figure.add_subplot()
+
+
+def _format_tick(seconds: float, _position=None) -> str:
+    """Tick labels are round numbers: "10 ms", "2.5 µs" (values on bars keep three digits)."""
+    if seconds <= 0:
+        return "0"
+    unit, size = time_unit(seconds)
+    return f"{round(seconds / size, 6):g} {unit}"
+
+
+def _seconds_axis(axis) -> None:
+    axis.set_major_formatter(FuncFormatter(_format_tick))
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)) or text
+
+
+def _maybe_save(figure: Figure, target: str | bool | None, fallback_name: str) -> None:
+    if target:
+        save(figure, fallback_name if target is True else str(target))
+
+
+def bars(comparison: Comparison, ax: Axes | None = None, title: str | None = None,
+         save: str | bool | None = None) -> Figure:
+    """Horizontal bars: median time per call of each variant, whiskers for its 95% CI, the ratio.
+
+    ``save``: a file name (see :func:`save`), or True to name the file after the title.
+    """
+    summary = comparison.summary
+    labels = list(summary.variant)
+    medians = summary.median_ms.to_numpy() / 1e3
+    lows = summary.ci_low_ms.to_numpy() / 1e3
+    highs = summary.ci_high_ms.to_numpy() / 1e3
+    colors = variant_colors(labels, comparison.baseline)
+    headline = comparison.headline
+
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(ax, 8.0, 1.6 + 0.55 * len(labels))
+        rows = np.arange(len(labels))
+        # max(): a zero time (a timer too coarse for the call) must not divide by zero.
+        smallest = max(lows.min(), 1e-12)
+        use_log = highs.max() / smallest > LOG_SCALE_SPREAD
+        # On a log axis a bar cannot start at 0: start every bar at the same point below the data.
+        start = smallest / 3 if use_log else 0.0
+        ax.barh(rows, medians - start, left=start, height=0.62,
+                color=[colors[label] for label in labels], alpha=0.9, zorder=2)
+        ax.errorbar(medians, rows, xerr=[medians - lows, highs - medians], fmt="none",
+                    ecolor=INK, elinewidth=1.2, capsize=4, capthick=1.2, zorder=3)
+        if use_log:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, numticks=12))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlim(start, highs.max() * 6)   # room on the right for the value labels
+        else:
+            ax.set_xlim(0, highs.max() * 1.28)
+        _seconds_axis(ax.xaxis)
+        for row, median, high in zip(rows, medians, highs):
+            ax.annotate(format_seconds(median), (high, row), xytext=(6, 0), textcoords="offset points",
+                        va="center", ha="left", fontsize=10, color=INK, zorder=4)
+        ax.set_yticks(rows, [_wrap(label, LABEL_WRAP) for label in labels])
+        ax.tick_params(axis="y", length=0)
+        ax.set_ylim(len(labels) - 0.5, -0.5)   # first variant on top, in the order given
+        ax.grid(axis="y", visible=False)
+        ax.spines["left"].set_visible(False)
+
+        checked = "" if comparison.answers_checked else " · answers NOT checked"
+        scale = " · log scale" if use_log else ""
+        ax.set_xlabel(f"time per call: median of {comparison.rounds} interleaved rounds, "
+                      f"whiskers 95% CI · preset {comparison.preset.name}{scale}{checked}",
+                      color=MUTED, fontsize=9)
+        headline_lines = len(_wrap(headline, HEADLINE_WRAP).splitlines()) if headline else 0
+        ax.set_title(title or "Median time per call", pad=10 + 15 * headline_lines)
+        if headline:
+            ratio = comparison.ratio()
+            ax.annotate(_wrap(headline, HEADLINE_WRAP), xy=(0, 1), xycoords="axes fraction", xytext=(0, 7),
+                        textcoords="offset points", ha="left", va="bottom", fontsize=10.5,
+                        color=colors[ratio.fast] if ratio.clear else MUTED,
+                        fontweight="bold" if ratio.clear else "normal")
+    _maybe_save(figure, save, title or headline or "comparison")
+    return figure
+
+
+def _format_count(value: float, _position=None) -> str:
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
+
+
+def scaling(sweep: Sweep, ax: Axes | None = None, title: str | None = None,
+            save: str | bool | None = None, xlabel: str = "n (input size)") -> Figure:
+    """Log-log median time per call against n, CI bands, each line labelled with its fitted slope.
+
+    The slope of a straight line on log-log axes is the empirical order of growth: ~0 constant,
+    ~1 linear, ~2 quadratic. Faint dashed guides show slopes 0 and 1 for comparison.
+    """
+    summary = sweep.summary
+    slopes = sweep.slopes
+    colors = variant_colors(sweep.labels)
+
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(ax, 7.5, 4.6)
+        for label in sweep.labels:
+            rows = summary[summary.variant == label]
+            if rows.empty:
+                continue
+            n = rows.n.to_numpy(float)
+            median = rows.median_ms.to_numpy() / 1e3
+            slope = slopes[label]
+            # "-0.00" would suggest a meaningful sign; a flat line has slope 0.00.
+            slope_text = f"{slope:.2f}".replace("-0.00", "0.00")
+            legend = f"{label} · slope {slope_text}" if math.isfinite(slope) else f"{label} · one size"
+            if label in sweep.skipped:
+                legend += (f", not run from n={_format_count(sweep.skipped[label])} "
+                           f"(over {sweep.max_ms:g} ms)")
+            ax.fill_between(n, rows.ci_low_ms.to_numpy() / 1e3, rows.ci_high_ms.to_numpy() / 1e3,
+                            color=colors[label], alpha=0.18, linewidth=0, zorder=2)
+            ax.plot(n, median, marker="o", markersize=5, linewidth=2, color=colors[label],
+                    label=legend, zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        if not summary.empty:
+            first = summary[summary.n == summary.n.min()]
+            _reference_slopes(ax, summary.n.min(), summary.n.max(), first.median_ms.max() / 1e3,
+                              summary.ci_low_ms.min() / 1e3, summary.ci_high_ms.max() / 1e3)
+        _seconds_axis(ax.yaxis)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(_format_count))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(sorted(set(summary.n)) if len(set(summary.n)) <= 8 else ax.get_xticks())
+        ax.grid(which="major", axis="both")
+        ax.set_xlabel(f"{xlabel}, log scale")
+        ax.set_ylabel("median time per call (log scale)")
+        ax.set_title(title or "How time grows with n")
+        ax.legend(loc="best")
+        ax.annotate(f"slope of a line ≈ order of growth: 0 constant, 1 linear, 2 quadratic · "
+                    f"bands 95% CI · preset {sweep.preset.name}",
+                    xy=(0, 0), xycoords="figure fraction", xytext=(6, 4), textcoords="offset points",
+                    fontsize=8.5, color=MUTED)
+    _maybe_save(figure, save, title or "scaling")
+    return figure
+
+
+def _reference_slopes(ax: Axes, n_min: float, n_max: float, anchor: float, y_min: float,
+                      y_max: float) -> None:
+    """Faint guides of slope 0 and 1 from the highest first point, within the data's limits.
+
+    Starting from the slowest variant at the smallest n, a line that bends above the slope-1 guide
+    grows faster than linearly, one that follows it is linear, one that stays flat is constant.
+    """
+    pad = 1.6
+    x_limits = (n_min / 1.3, n_max * 1.3)
+    y_limits = (y_min / pad, y_max * pad)
+    ns = np.geomspace(*x_limits, 50)
+    for slope in (0, 1):
+        ys = anchor * (ns / n_min) ** slope
+        ax.plot(ns, ys, linestyle=(0, (4, 4)), linewidth=1, color="#b0b0b0", zorder=1)
+        inside = ys <= y_limits[1]
+        x_end, y_end = ns[inside][-1], ys[inside][-1]
+        ax.annotate(f"slope {slope}", (x_end, y_end), xytext=(-4, 3), textcoords="offset points",
+                    ha="right", va="bottom", fontsize=8.5, color="#999999")
+    ax.set_xlim(*x_limits)
+    ax.set_ylim(*y_limits)
+
+
+def _slug(name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    stem = re.sub(r"\.png$", "", ascii_name.strip(), flags=re.IGNORECASE)
+    slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:80].strip("-")
+    if not slug:
+        raise ValueError(f"cannot make a file name from {name!r}: use letters or digits")
+    return slug
+
+
+def save(fig: Figure, name: str) -> Path:
+    """Write ``fig`` as ``<FIGURES_DIR>/<slug of name>.png`` (created if needed); return the path."""
+    directory = Path(paths.FIGURES_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{_slug(name)}.png"
+    fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight", facecolor="white")
+    return path

@@ -1,0 +1,87 @@
+"""Lab 01's grader: fails the starter, passes the solution, fails a slow-but-right and a fast-but-wrong answer."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from perflab import grader, paths
+
+SOLUTION = paths.SOLUTIONS_DIR / "01_let_the_index_work.ipynb"
+STARTER = paths.LABS_DIR / "01_let_the_index_work.ipynb"
+
+
+def _with_answer(tmp_path: Path, name: str, source: str) -> Path:
+    """The solution notebook with one answer cell replaced."""
+    notebook = nbformat.read(SOLUTION, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and f"{name} =" in cell.source and "BEGIN SOLUTION" in cell.source:
+            cell.source = source
+            break
+    else:
+        raise AssertionError(f"no answer cell for {name}")
+    target = tmp_path / "01_submission.ipynb"
+    nbformat.write(notebook, target)
+    return target
+
+
+def _outcomes(report) -> dict:
+    return {(e.name, o.name): o for e in report.exercises for o in e.checks}
+
+
+@pytest.fixture(scope="module")
+def solution_report(tiny_data):
+    return grader.grade(SOLUTION)
+
+
+def test_solution_passes_every_check(solution_report):
+    assert solution_report.passed, solution_report.text()
+    assert solution_report.exit_code == 0
+
+
+def test_starter_fails(tiny_data, tmp_path):
+    report = grader.grade(STARTER, out_dir=tmp_path)
+    assert not report.passed and report.exit_code == 1
+    outcomes = _outcomes(report)
+    assert outcomes[("march", "the plan uses the index")].status == "failed"
+    assert "Seq Scan" in outcomes[("march", "the plan uses the index")].message
+    assert outcomes[("covering", "Index Only Scan with no heap fetches")].status == "failed"
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["score"] < results.get("max_score", 12) and results["tests"]
+
+
+def test_right_but_slow_fails_the_performance_contract(tiny_data, tmp_path):
+    slow = ('MARCH_2024_SQL = """SELECT id, customer_id, total FROM orders '
+            "WHERE created_at::date >= '2024-03-01' AND created_at::date < '2024-04-01'\"\"\"")
+    outcomes = _outcomes(grader.grade(_with_answer(tmp_path, "MARCH_2024_SQL", slow)))
+    assert outcomes[("march", "same rows as the original")].status == "passed"
+    assert outcomes[("march", "the plan uses the index")].status == "failed"
+    assert outcomes[("march", "faster than the original, as fast as an index allows")].status in ("failed", "inconclusive")
+
+
+def test_fast_but_wrong_fails_correctness(tiny_data, tmp_path):
+    wrong = ('MARCH_2024_SQL = """SELECT id, customer_id, total FROM orders '
+             "WHERE created_at >= '2024-03-01' AND created_at <= '2024-03-31'\"\"\"")  # loses 31 March
+    outcomes = _outcomes(grader.grade(_with_answer(tmp_path, "MARCH_2024_SQL", wrong)))
+    failed = outcomes[("march", "same rows as the original")]
+    assert failed.status == "failed" and "missing" in failed.message
+    assert outcomes[("march", "the plan uses the index")].status == "passed"
+
+
+def test_badly_ordered_covering_index_reads_too_many_pages(tiny_data, tmp_path):
+    ddl = 'COVERING_INDEX_DDL = "CREATE INDEX orders_account_idx ON orders (customer_id) INCLUDE (created_at, total)"'
+    outcomes = _outcomes(grader.grade(_with_answer(tmp_path, "COVERING_INDEX_DDL", ddl)))
+    assert outcomes[("covering", "Index Only Scan with no heap fetches")].status == "passed"
+    assert outcomes[("covering", "reads few pages for the biggest customer")].status == "failed"
+
+
+def test_destructive_answer_cannot_touch_the_course_data(tiny_data, tmp_path, course_stack):
+    import psycopg
+
+    from perflab import datasets
+
+    evil = 'import os, psycopg\npsycopg.connect(os.environ["DATABASE_URL"], autocommit=True).execute("DROP TABLE order_items")\nCOVERING_INDEX_DDL = "DROP TABLE orders"'
+    report = grader.grade(_with_answer(tmp_path, "COVERING_INDEX_DDL", evil))
+    assert _outcomes(report)[("covering", "Index Only Scan with no heap fetches")].status == "failed"
+    with datasets.throwaway("tiny") as dsn, psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM order_items").fetchone()[0] > 0

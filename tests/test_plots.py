@@ -1,0 +1,137 @@
+"""Tests for perflab.plots: the figures say what the measurements say, and land where they should."""
+from __future__ import annotations
+
+import time
+
+import matplotlib
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from perflab import paths, plots
+from perflab.harness import compare, format_seconds, sweep
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def all_text(figure: Figure) -> str:
+    """Every string drawn on the figure, with wrapped lines joined back into one."""
+    return " | ".join(t.get_text().replace("\n", " ") for t in figure.findobj(Text))
+
+
+@pytest.fixture
+def figures_dir(tmp_path, monkeypatch):
+    target = tmp_path / "figures"
+    monkeypatch.setattr(paths, "FIGURES_DIR", target)
+    return target
+
+
+def by_extract():
+    """EXTRACT(year FROM placed)"""
+    time.sleep(0.003)
+
+
+def by_range():
+    """placed >= '2023-01-01' AND placed < '2024-01-01'"""
+    return None
+
+
+@pytest.fixture(scope="module")
+def wide_spread():
+    # ~3 ms against ~50 ns: far beyond the 30x that switches the bars to a log axis.
+    return compare([by_extract, by_range], preset="fast")
+
+
+@pytest.fixture(scope="module")
+def narrow_spread():
+    return compare({"sleep 2 ms": lambda: time.sleep(0.002), "sleep 1 ms": lambda: time.sleep(0.001)},
+                   preset="fast")
+
+
+@pytest.fixture(scope="module")
+def growth():
+    return sweep({"sum(range(n))": lambda n: sum(range(n)), "n(n-1)/2": lambda n: n * (n - 1) // 2},
+                 sizes=[1_000, 4_000, 16_000], setup=lambda n: n, preset="fast")
+
+
+def test_bars_show_medians_whiskers_and_the_ratio(wide_spread, figures_dir):
+    figure = plots.bars(wide_spread, title="Filtering orders by year", save="Orders: EXTRACT vs range!")
+    assert isinstance(figure, Figure)
+    text = all_text(figure)
+    assert wide_spread.headline in text
+    ratio = wide_spread.ratio()
+    assert "faster than EXTRACT(year FROM placed)" in text
+    assert str(ratio)[str(ratio).index("(95% CI"):] in text
+    assert "Filtering orders by year" in text
+    for median_ms in wide_spread.summary.median_ms:
+        assert format_seconds(median_ms / 1e3) in text
+    (ax,) = figure.axes
+    assert ax.get_xscale() == "log"
+    assert len(ax.patches) == 2
+    saved = figures_dir / "orders-extract-vs-range.png"
+    assert saved.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_bars_stay_linear_for_a_small_spread(narrow_spread):
+    figure = narrow_spread.plot()
+    # Jupyter shows the returned figure from its PNG repr, without any pyplot backend.
+    assert figure._repr_png_().startswith(PNG_MAGIC)
+    (ax,) = figure.axes
+    assert ax.get_xscale() == "linear"
+    assert narrow_spread.headline in all_text(figure)
+    # The top bar is the baseline, drawn in the warm colour.
+    top_bar = min(ax.patches, key=lambda bar: bar.get_y())
+    assert matplotlib.colors.to_hex(top_bar.get_facecolor()).upper() == plots.BASELINE_COLOR
+
+
+def test_bars_draw_into_a_given_axes_and_save_by_title(narrow_spread, figures_dir):
+    figure = Figure()
+    left, right = figure.subplots(1, 2)
+    returned = narrow_spread.plot(ax=right, title="Sleeps", save=True)
+    assert returned is figure
+    assert len(right.patches) == 2 and not left.patches
+    assert (figures_dir / "sleeps.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_bars_of_a_single_variant_have_no_ratio():
+    figure = compare({"alone": lambda: None}, preset="fast").plot()
+    assert "faster" not in all_text(figure) and "no clear" not in all_text(figure)
+
+
+def test_scaling_is_log_log_with_slopes_in_the_legend(growth, figures_dir):
+    figure = growth.plot(title="Summing", save="scaling sum")
+    (ax,) = figure.axes
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    for label, slope in growth.slopes.items():
+        assert f"{label} · slope {slope:.2f}".replace("-0.00", "0.00") in legend
+    assert "slope 1" in all_text(figure)
+    assert (figures_dir / "scaling-sum.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_save_makes_a_safe_file_name(figures_dir):
+    figure = Figure()
+    figure.add_subplot().plot([1, 2], [3, 4])
+    path = plots.save(figure, "Range vs EXTRACT: 212× faster / µs.png")
+    assert path == figures_dir / "range-vs-extract-212-faster-s.png"
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    with pytest.raises(ValueError, match="file name"):
+        plots.save(figure, "!!!")
+
+
+def test_style_is_idempotent_and_uses_the_course_palette():
+    with matplotlib.rc_context():  # leave the global style as other tests expect it
+        plots.style()
+        first = {key: matplotlib.rcParams[key] for key in plots.COURSE_STYLE}
+        plots.style()
+        assert {key: matplotlib.rcParams[key] for key in plots.COURSE_STYLE} == first
+        cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+        assert cycle[0] == plots.BASELINE_COLOR
+
+
+def test_variant_colors_make_the_baseline_warm_and_the_rest_distinct():
+    colors = plots.variant_colors(["bad", "better", "best"], baseline="bad")
+    assert colors["bad"] == plots.BASELINE_COLOR
+    assert len(set(colors.values())) == 3
+    many = plots.variant_colors([f"v{i}" for i in range(12)])
+    assert list(many.values()).count(plots.BASELINE_COLOR) == 1
