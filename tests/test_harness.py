@@ -112,9 +112,11 @@ def test_fake_clock_gives_exact_statistics(fake_clock, monkeypatch):
         return "same"
 
     res = compare({"slow": slow, "fast": fast}, preset="fast")
-    # A full collection before every sample (calibration: 10 + 12 of them), the collector left on.
-    assert len(collections) == len(res.runs) + 10 + 12 and set(collections) == {()}
+    # A full collection before every sample (calibration: 10 + 12 of them), plus one before the
+    # heap is frozen for the measurement, the collector left on.
+    assert len(collections) == len(res.runs) + 10 + 12 + 1 and set(collections) == {()}
     assert gc_enabled_during_calls == {True}
+    assert harness.gc.get_freeze_count() == 0, "the heap must be unfrozen after measuring"
     summary = res.summary.set_index("variant")
     # 2 ms target: 1 µs calls need 2048 loops, 4 µs calls 512.
     assert summary.loc["fast", "loops"] == 2048 and summary.loc["slow", "loops"] == 512

@@ -34,9 +34,15 @@ def solution_report(tiny_data):
     return grader.grade(SOLUTION)
 
 
+TIMING_CHECK = "faster than the original, as fast as an index allows"
+
+
 def test_solution_passes_every_check(solution_report):
-    assert solution_report.passed, solution_report.text()
-    assert solution_report.exit_code == 0
+    """Every check passes; a timing check may only be inconclusive (machine too busy), never failed."""
+    not_passed = {(o.exercise, o.name): o.status for o in solution_report.checks if o.status != "passed"}
+    assert all(status == "inconclusive" and name == TIMING_CHECK for (_, name), status in not_passed.items()), \
+        solution_report.text()
+    assert solution_report.exit_code == (0 if not not_passed else 3)
 
 
 def test_starter_fails(tiny_data, tmp_path):
@@ -71,8 +77,18 @@ def test_fast_but_wrong_fails_correctness(tiny_data, tmp_path):
 def test_badly_ordered_covering_index_reads_too_many_pages(tiny_data, tmp_path):
     ddl = 'COVERING_INDEX_DDL = "CREATE INDEX orders_account_idx ON orders (customer_id) INCLUDE (created_at, total)"'
     outcomes = _outcomes(grader.grade(_with_answer(tmp_path, "COVERING_INDEX_DDL", ddl)))
-    assert outcomes[("covering", "Index Only Scan with no heap fetches")].status == "passed"
+    # It covers the query, but keyed by customer_id alone it reads all of customer 1's entries,
+    # so the planner may even prefer another index for that customer: either way, not full marks.
     assert outcomes[("covering", "reads few pages for the biggest customer")].status == "failed"
+    only = outcomes[("covering", "Index Only Scan with no heap fetches")]
+    assert only.status == "passed" or "Key it by the column compared with = first" in only.message
+
+
+def test_index_missing_a_returned_column_is_not_index_only(tiny_data, tmp_path):
+    ddl = 'COVERING_INDEX_DDL = "CREATE INDEX orders_account_idx ON orders (customer_id, created_at)"'
+    outcomes = _outcomes(grader.grade(_with_answer(tmp_path, "COVERING_INDEX_DDL", ddl)))
+    only = outcomes[("covering", "Index Only Scan with no heap fetches")]
+    assert only.status == "failed" and "does not hold total" in only.message
 
 
 def test_destructive_answer_cannot_touch_the_course_data(tiny_data, tmp_path, course_stack):
