@@ -1,6 +1,6 @@
 """The ``perflab`` command: the stack, the data, the course run, grading, labs.
 
-    perflab stack up | down | status | env [--docker]
+    perflab stack up | down | status | env [--docker] | workers | stop-workers
     perflab data build [--scale S] [--force] | status | clean
     perflab run [--scale S] [NOTEBOOK ...]
     perflab grade SUBMISSION.ipynb [--lab NN] [--out DIR]
@@ -40,6 +40,14 @@ def cmd_stack(args) -> int:
         _print_table(stack.status(), ["service", "health", "version", "url", "pid", "data_dir"])
     elif args.action == "env":
         print("\n".join(stack.env_lines(docker=args.docker)))
+    elif args.action == "workers":
+        rows = stack.celery_workers()
+        if rows:
+            _print_table(rows, ["name", "alive", "pid", "queue", "concurrency", "acks_late", "log_file"])
+        else:
+            print("no Celery workers running")
+    elif args.action == "stop-workers":
+        print("\n".join(stack.stop_celery_workers()) or "no Celery workers running")
     return 0
 
 
@@ -164,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stack", help="start, stop and inspect the PostgreSQL/Redis servers")
-    p.add_argument("action", choices=["up", "down", "status", "env"])
+    p.add_argument("action", choices=["up", "down", "status", "env", "workers", "stop-workers"])
     p.add_argument("--docker", action="store_true", help="with env: the docker-compose stack's URLs")
     p.set_defaults(func=cmd_stack)
 

@@ -662,7 +662,8 @@ def down() -> list[str]:
     """Stop the servers the course started (never one named by DATABASE_URL/REDIS_URL)."""
     with _stack_lock():
         state = _load_state()
-        messages = []
+        # Celery workers first (they hold connections to Redis); a line each, only if there were any.
+        messages = stop_celery_workers()
         if _override("DATABASE_URL"):
             messages.append("PostgreSQL: not ours (DATABASE_URL), left running")
         else:
@@ -799,3 +800,199 @@ def latency_proxy(rtt_ms: float, target: str = "postgres") -> Iterator[LatencyPr
 
 def _indent(text: str) -> str:
     return "\n".join("    " + line for line in (text or "").strip().splitlines())
+
+
+# --------------------------------------------------------------------------------------------
+# Celery workers
+# --------------------------------------------------------------------------------------------
+#
+# A lesson's background jobs run in a real `celery worker` process against the stack's Redis. The
+# worker is started by one call, its pid and log live under .perflab/celery/, and it is stopped by
+# the `with` block that started it, by `stack.down()` (`make down`) and, as a last resort, when the
+# Python process that started it exits. Configuration reaches the worker through environment
+# variables that the course's Celery apps read (perflab.tasks.configure): PERFLAB_CELERY_BROKER,
+# PERFLAB_CELERY_PREFIX, PERFLAB_CELERY_QUEUE, PERFLAB_CELERY_ACKS_LATE.
+
+def _celery_dir() -> Path:
+    return paths.STATE_DIR / "celery"
+
+
+@dataclasses.dataclass
+class CeleryWorker:
+    """A running ``celery worker`` process (and its pool), started by :func:`start_celery_worker`."""
+
+    name: str
+    app: str
+    queue: str
+    pid: int
+    concurrency: int
+    pool: str
+    acks_late: bool
+    log_file: Path
+    state_file: Path
+    process: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
+
+    def alive(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            return False
+        return _pid_alive(self.pid)
+
+    def log(self, lines: int = 30) -> str:
+        return _tail(self.log_file, lines)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise StackError(f"Celery worker {self.name} exited while starting.\nLog ({self.log_file}):\n{self.log()}")
+            try:
+                if " ready." in self.log_file.read_text(errors="replace"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise StackError(f"Celery worker {self.name} was not ready after {timeout:g} s.\nLog ({self.log_file}):\n{self.log()}")
+
+    def kill(self) -> None:
+        """``kill -9`` the worker: the main process and its pool, with no chance to clean up or ack."""
+        _kill_group(self.pid, signal.SIGKILL)
+        self._reap()
+
+    def stop(self, timeout: float = 10.0) -> str:
+        """Warm shutdown (SIGTERM: finish running tasks), then SIGKILL after ``timeout``."""
+        if not self.alive():
+            self._forget()
+            return f"Celery worker {self.name}: not running"
+        _kill_group(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.alive():
+            _kill_group(self.pid, signal.SIGKILL)
+        self._reap()
+        return f"Celery worker {self.name}: stopped (pid {self.pid})"
+
+    def _reap(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
+        # The pool's children share the worker's process group: make sure none is left.
+        _kill_group(self.pid, signal.SIGKILL)
+        self._forget()
+
+    def _forget(self) -> None:
+        self.state_file.unlink(missing_ok=True)
+        self.log_file.with_suffix(".pid").unlink(missing_ok=True)  # the log itself stays, to be read
+        _STARTED_HERE.pop(self.name, None)
+
+
+_STARTED_HERE: dict[str, CeleryWorker] = {}
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    """Signal the worker's process group (it was started in its own session), else the pid alone."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _stop_workers_at_exit() -> None:
+    for worker in list(_STARTED_HERE.values()):
+        with contextlib.suppress(Exception):
+            worker.stop(timeout=3)
+
+
+def start_celery_worker(app: str, *, queue: str, concurrency: int = 4, pool: str = "threads",
+                        acks_late: bool = False, name: str | None = None, prefix: str | None = None,
+                        env: dict | None = None, loglevel: str = "INFO", ready_timeout: float = 30.0) -> CeleryWorker:
+    """Start ``celery -A app worker`` on the stack's Redis, consuming ``queue``; return when it is ready.
+
+    ``acks_late`` is passed to the app as PERFLAB_CELERY_ACKS_LATE; ``prefix`` (PERFLAB_CELERY_PREFIX)
+    namespaces every key the broker and the result backend write, so runs sharing the server never
+    see each other's queues. Prefer :func:`celery_worker` (a ``with`` block that always stops it).
+    """
+    import atexit
+
+    running = ensure()
+    name = name or f"perflab-{secrets.token_hex(3)}"
+    folder = _celery_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    log_file = folder / f"{name}.log"
+    log_file.unlink(missing_ok=True)
+    pid_file = folder / f"{name}.pid"
+    pid_file.unlink(missing_ok=True)
+    worker_env = dict(os.environ)
+    worker_env.update({
+        "PERFLAB_CELERY_BROKER": running.redis_url,
+        "PERFLAB_CELERY_QUEUE": queue,
+        "PERFLAB_CELERY_ACKS_LATE": "1" if acks_late else "0",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(paths.ROOT), os.environ.get("PYTHONPATH")])),
+    })
+    if prefix:
+        worker_env["PERFLAB_CELERY_PREFIX"] = prefix
+    worker_env.update(env or {})
+    command = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool,
+               "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--queues", queue,
+               "--loglevel", loglevel, "--logfile", str(log_file), "--pidfile", str(pid_file),
+               # one task reserved per pool slot: a killed worker holds no hidden backlog
+               "--prefetch-multiplier", "1",
+               "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    with open(folder / f"{name}.out", "w") as out:
+        process = subprocess.Popen(command, cwd=str(paths.ROOT), env=worker_env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    state_file = folder / f"{name}.json"
+    worker = CeleryWorker(name=name, app=app, queue=queue, pid=process.pid, concurrency=concurrency, pool=pool,
+                          acks_late=acks_late, log_file=log_file, state_file=state_file, process=process)
+    state_file.write_text(json.dumps({"name": name, "app": app, "queue": queue, "pid": process.pid,
+                                      "concurrency": concurrency, "pool": pool, "acks_late": acks_late,
+                                      "log_file": str(log_file), "started": time.time()}, indent=2))
+    if not _STARTED_HERE:
+        atexit.register(_stop_workers_at_exit)
+    _STARTED_HERE[name] = worker
+    try:
+        worker.wait_ready(ready_timeout)
+    except BaseException:
+        worker.stop(timeout=2)
+        raise
+    return worker
+
+
+@contextlib.contextmanager
+def celery_worker(app: str, **kwargs) -> Iterator[CeleryWorker]:
+    """``with stack.celery_worker("perflab.tasks", queue=q, concurrency=4, acks_late=True) as w:`` —
+    a real worker for the block; stopped (and its pool reaped) when the block ends, whatever happens."""
+    worker = start_celery_worker(app, **kwargs)
+    try:
+        yield worker
+    finally:
+        worker.stop(timeout=5)
+
+
+def celery_workers() -> list[dict]:
+    """Workers recorded under .perflab/celery/ (started by any process), with whether each is alive."""
+    rows = []
+    for state_file in sorted(_celery_dir().glob("*.json")):
+        try:
+            info = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        info["alive"] = _pid_alive(info.get("pid"))
+        rows.append(info)
+    return rows
+
+
+def stop_celery_workers() -> list[str]:
+    """Stop every recorded worker (``perflab stack stop-workers``, and part of :func:`down`)."""
+    messages = []
+    for info in celery_workers():
+        worker = CeleryWorker(name=info["name"], app=info.get("app", ""), queue=info.get("queue", ""),
+                              pid=info["pid"], concurrency=info.get("concurrency", 0), pool=info.get("pool", ""),
+                              acks_late=info.get("acks_late", False), log_file=Path(info.get("log_file", "")),
+                              state_file=_celery_dir() / f"{info['name']}.json")
+        if not info["alive"]:
+            worker._forget()  # a record left by a crash: nothing to stop, nothing to report
+            continue
+        messages.append(worker.stop(timeout=5))
+    return messages
