@@ -99,8 +99,10 @@ class _State:
         self.started = time.perf_counter()
         self.requests = 0
         self.failures = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
+        # Requests still being served at reset keep counting down when they finish; zeroing
+        # in_flight here would let it go negative and undercount the next window's maximum.
+        self.in_flight = getattr(self, "in_flight", 0)
+        self.max_in_flight = self.in_flight
         self.intervals: list[tuple[float, float]] = []
 
     def stats(self, intervals: bool = False) -> dict:
