@@ -287,3 +287,198 @@ def save(fig: Figure, name: str) -> Path:
     path = directory / f"{_slug(name)}.png"
     fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight", facecolor="white")
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory and step-by-step savings (topics 09 and 10)
+# --------------------------------------------------------------------------------------------------
+
+def _format_bytes_tick(value: float, _position=None) -> str:
+    for size, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(value) >= size:
+            return f"{round(value / size, 3):g} {unit}"
+    return f"{value:g} B"
+
+
+def _format_bytes_label(value: float) -> str:
+    """Three significant digits for values printed on a chart: "4.32 MB", "716 kB", "11.9 kB"."""
+    for size, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(value) >= size:
+            scaled = value / size
+            return f"{scaled:.0f} {unit}" if abs(scaled) >= 100 else f"{scaled:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def memory_bars(comparison, ax: Axes | None = None, title: str | None = None,
+                save: str | bool | None = None) -> Figure:
+    """Horizontal bars of peak memory per variant (a ``perflab.memory.MemoryComparison``), log scale
+    when the spread is large, the headline ("stream: 38x less memory at peak ...") above."""
+    labels = [p.label for p in comparison.peaks]
+    values = np.array([max(p.peak_bytes, 1) for p in comparison.peaks], float)
+    colors = variant_colors(labels)
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(ax, 8.0, 1.6 + 0.55 * len(labels))
+        rows = np.arange(len(labels))
+        use_log = values.max() / values.min() > LOG_SCALE_SPREAD
+        start = values.min() / 3 if use_log else 0.0
+        ax.barh(rows, values - start, left=start, height=0.62, color=[colors[l] for l in labels], alpha=0.9, zorder=2)
+        if use_log:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlim(start, values.max() * 6)
+        else:
+            ax.set_xlim(0, values.max() * 1.28)
+        ax.xaxis.set_major_formatter(FuncFormatter(_format_bytes_tick))
+        for row, value in zip(rows, values):
+            ax.annotate(_format_bytes_label(value), (value, row), xytext=(6, 0), textcoords="offset points",
+                        va="center", ha="left", fontsize=10, color=INK)
+        ax.set_yticks(rows, [_wrap(label, LABEL_WRAP) for label in labels])
+        ax.tick_params(axis="y", length=0)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.grid(axis="y", visible=False)
+        ax.spines["left"].set_visible(False)
+        ax.set_xlabel("peak memory allocated during one call (tracemalloc)" + (" · log scale" if use_log else ""),
+                      color=MUTED, fontsize=9)
+        headline = comparison.headline if len(labels) > 1 else None
+        lines = len(_wrap(headline, HEADLINE_WRAP).splitlines()) if headline else 0
+        ax.set_title(title or "Peak memory per call", pad=10 + 15 * lines)
+        if headline:
+            best = min(comparison.peaks[1:], key=lambda p: p.peak_bytes).label
+            ax.annotate(_wrap(headline, HEADLINE_WRAP), xy=(0, 1), xycoords="axes fraction", xytext=(0, 7),
+                        textcoords="offset points", ha="left", va="bottom", fontsize=10.5,
+                        color=colors[best], fontweight="bold")
+    _maybe_save(figure, save, title or "memory")
+    return figure
+
+
+def waterfall(steps, ax: Axes | None = None, title: str | None = None, save: str | bool | None = None,
+              unit: str = "seconds", ylabel: str | None = None) -> Figure:
+    """A waterfall of savings: the starting value, then each fix as a step down (or up), then the end.
+
+    ``steps`` is a list of ``(label, value after that step)``, the first being the starting point,
+    e.g. ``[("original", 0.84), ("JOIN instead of N+1", 0.12), ("set lookup", 0.09)]``.
+    ``unit`` is ``"seconds"`` or ``"bytes"`` (axis and labels formatted accordingly).
+    """
+    labels = [label for label, _ in steps]
+    values = np.array([value for _, value in steps], float)
+    fmt = format_seconds if unit == "seconds" else _format_bytes_label
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(ax, 8.0, 4.4)
+        x = np.arange(len(values) + 1)
+        # First bar: the start, in the baseline colour. Then one floating bar per change.
+        ax.bar(x[0], values[0], width=0.62, color=BASELINE_COLOR, alpha=0.9, zorder=2)
+        ax.annotate(fmt(values[0]), (x[0], values[0]), xytext=(0, 3), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=9.5)
+        for i in range(1, len(values)):
+            before, after = values[i - 1], values[i]
+            saved = before - after
+            color = OTHER_COLORS[1] if saved >= 0 else BASELINE_COLOR
+            ax.bar(x[i], after - before, bottom=before, width=0.62, color=color, alpha=0.85, zorder=2)
+            ax.plot([x[i - 1] - 0.31, x[i] + 0.31], [before, before], color=MUTED, linewidth=0.8, zorder=1)
+            share = saved / values[0] * 100 if values[0] else 0
+            ax.annotate(f"{'−' if saved >= 0 else '+'}{fmt(abs(saved))}\n({abs(share):.0f}% of start)",
+                        (x[i], max(before, after)), xytext=(0, 3), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=8.5, color=INK)
+        ax.bar(x[-1], values[-1], width=0.62, color=OTHER_COLORS[0], alpha=0.9, zorder=2)
+        factor = values[0] / values[-1] if values[-1] > 0 else math.inf
+        ax.annotate(f"{fmt(values[-1])}\n{factor:,.1f}x less", (x[-1], values[-1]), xytext=(0, 3),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=9.5, fontweight="bold")
+        ax.set_xticks(x, [_wrap(label, 14) for label in labels] + ["after all fixes"], fontsize=8.5)
+        ax.set_ylim(0, values.max() * 1.25)
+        if unit == "seconds":
+            _seconds_axis(ax.yaxis)
+        else:
+            ax.yaxis.set_major_formatter(FuncFormatter(_format_bytes_tick))
+        ax.grid(axis="x", visible=False)
+        ax.set_ylabel(ylabel or ("median time per call" if unit == "seconds" else "peak memory per call"))
+        ax.set_title(title or "What each fix saved")
+    _maybe_save(figure, save, title or "waterfall")
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Latency distributions (additive: topic 03)
+# --------------------------------------------------------------------------------------------
+
+def latency_distribution(latencies, ax: Axes | None = None, title: str | None = None,
+                         save: str | bool | None = None, percentiles=(50, 99),
+                         baseline: str | None = None) -> Figure:
+    """ECDF of single-call latencies per variant (log time axis), with p50 and p99 marked.
+
+    ``latencies``: a :class:`perflab.latency.Latencies` or a tidy frame with ``variant`` and ``ms``.
+    Read it as "the share of calls at most this slow"; the tail is the top of each curve.
+    """
+    runs = latencies.runs if hasattr(latencies, "runs") else latencies
+    labels = list(dict.fromkeys(runs.variant))
+    colors = variant_colors(labels, baseline)
+    markers = {50: "o", 90: "s", 99: "D", 99.9: "^"}
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(ax, 8.0, 4.4)
+        for index, label in enumerate(labels):
+            ms = np.sort(runs[runs.variant == label].ms.to_numpy())
+            seconds = ms / 1e3
+            share = np.arange(1, len(ms) + 1) / len(ms)
+            ax.step(seconds, share, where="post", color=colors[label], linewidth=2, label=label, zorder=3)
+            for p in percentiles:
+                value = np.percentile(seconds, p)
+                ax.plot([value], [p / 100], marker=markers.get(p, "o"), color=colors[label], markersize=7,
+                        markeredgecolor="white", zorder=4)
+                # One text line per variant, stacked, so the labels of close markers do not overlap:
+                # low percentiles to the right of their marker, going down; high ones to the left, going down.
+                high = p >= 90
+                ax.annotate(f"p{p:g} {format_seconds(value)}", (value, p / 100),
+                            xytext=(-8 if high else 8, -12 - 11 * index), textcoords="offset points",
+                            ha="right" if high else "left", fontsize=8.5, color=colors[label])
+        for p in percentiles:
+            ax.axhline(p / 100, color="#bbbbbb", linewidth=0.8, linestyle=(0, (3, 3)), zorder=1)
+        ax.set_xscale("log")
+        _seconds_axis(ax.xaxis)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("share of calls at most this slow")
+        ax.set_xlabel("latency of one call (log scale)")
+        ax.set_title(title or "Latency distribution")
+        ax.legend(loc="lower right")
+        calls = runs.groupby("variant").size()
+        ax.annotate(f"ECDF of single calls ({', '.join(f'{n:,}' for n in calls)} per variant) · markers: "
+                    + ", ".join(f"p{p:g}" for p in percentiles),
+                    xy=(0, 0), xycoords="figure fraction", xytext=(6, 4), textcoords="offset points",
+                    fontsize=8.5, color=MUTED)
+    _maybe_save(figure, save, title or "latency distribution")
+    return figure
+
+
+def profile_bars(table, ax: Axes | None = None, title: str | None = None, save: str | bool | None = None,
+                 total: float | None = None) -> Figure:
+    """A cProfile table as bars: cumulative time (pale) with own time (solid) inside, per function.
+
+    ``table`` has the columns of ``perflab.profiling.Profile.table()``: function, calls, own s,
+    cumulative s. A long pale bar with a short solid one is a function the time passes *through*; a
+    solid bar is where it is spent.
+    """
+    labels = [_wrap(str(f), 44) for f in table["function"]]
+    cumulative = table["cumulative s"].to_numpy(float)
+    own = table["own s"].to_numpy(float)
+    calls = table["calls"].to_numpy()
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(ax, 8.5, 1.4 + 0.42 * len(labels))
+        rows = np.arange(len(labels))
+        ax.barh(rows, cumulative, height=0.7, color=OTHER_COLORS[2], alpha=0.45, zorder=2, label="cumulative time")
+        ax.barh(rows, own, height=0.4, color=BASELINE_COLOR, alpha=0.9, zorder=3, label="own time")
+        for row, value, n in zip(rows, cumulative, calls):
+            share = f" · {value / total:.0%}" if total else ""
+            ax.annotate(f"{format_seconds(value)}{share} · {n:,} calls", (value, row), xytext=(5, 0),
+                        textcoords="offset points", va="center", fontsize=8.5, color=INK)
+        ax.set_yticks(rows, labels, fontsize=8.5)
+        ax.tick_params(axis="y", length=0)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.set_xlim(0, cumulative.max() * 1.45 if len(cumulative) else 1)
+        _seconds_axis(ax.xaxis)
+        ax.grid(axis="y", visible=False)
+        ax.spines["left"].set_visible(False)
+        ax.legend(loc="lower right")
+        ax.set_xlabel("seconds in one profiled call (cProfile): cumulative includes callees, own does not",
+                      color=MUTED, fontsize=9)
+        ax.set_title(title or "Where the time goes")
+    _maybe_save(figure, save, title or "profile")
+    return figure

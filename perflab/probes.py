@@ -399,3 +399,84 @@ def explain(target, sql: str, params: Any = None, *, analyze: bool = True) -> Pl
         if owns:
             conn.close()
     return parse_plan(sql, row[0])
+
+
+# --------------------------------------------------------------------------------------------
+# N+1 detection (additive: built on StatementProbe and normalize)
+# --------------------------------------------------------------------------------------------
+
+class NPlusOneError(AssertionError):
+    """One statement shape ran more times than allowed inside a ``detect_n_plus_one`` block."""
+
+
+class NPlusOneWarning(UserWarning):
+    """The warning ``detect_n_plus_one(..., action="warn")`` issues."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RepeatedShape:
+    """A statement shape that ran ``count`` times; ``example`` is one of its real statements."""
+
+    shape: str
+    count: int
+    example: str
+
+    def __str__(self) -> str:
+        return f"{self.count} × {_one_line(brief_sql(self.shape), 140)}"
+
+
+def brief_sql(sql: str) -> str:
+    """A long select list shortened to ``SELECT … FROM``, so the part that differs (FROM/WHERE) stays visible."""
+    return re.sub(r"^\s*SELECT\s+(?:(?!\bFROM\b).){60,}?\s+FROM\b", "SELECT … FROM", sql,
+                  flags=re.IGNORECASE | re.DOTALL)
+
+
+def repeated_shapes(probe: StatementProbe, threshold: int) -> list[RepeatedShape]:
+    """Shapes a probe saw more than ``threshold`` times, most frequent first."""
+    examples: dict[str, str] = {}
+    for statement in probe.statements:
+        examples.setdefault(statement.shape, statement.sql)
+    return [RepeatedShape(shape, count, examples[shape])
+            for shape, count in probe.shapes.most_common() if count > threshold]
+
+
+def n_plus_one_report(probe: StatementProbe, threshold: int) -> str:
+    """What ``detect_n_plus_one`` says when it fires (empty when nothing repeats too often)."""
+    offenders = repeated_shapes(probe, threshold)
+    if not offenders:
+        return ""
+    lines = [f"N+1 suspected: {len(offenders)} statement shape(s) ran more than {threshold} times "
+             f"({probe.count} statements in all):"]
+    lines += [f"  {offender}" for offender in offenders]
+    lines.append("Load the related rows for all parents at once (joinedload / selectinload, or one "
+                 "query with a JOIN or WHERE … IN) instead of one query per parent.")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def detect_n_plus_one(dsn: str | None = None, *, threshold: int = 5, action: str = "raise") -> Iterator[StatementProbe]:
+    """Fail (or warn) when one statement shape runs more than ``threshold`` times in the block.
+
+    Counted server-side like :func:`count_statements` (connect with ``probe.dsn`` or
+    ``probe.sqlalchemy_url``); shapes come from :func:`normalize`, so ``… WHERE id = 7`` and
+    ``… WHERE id = 8`` are the same shape. ``action``: ``"raise"`` (an :class:`NPlusOneError`, an
+    AssertionError, so tests fail) or ``"warn"`` (an :class:`NPlusOneWarning`). The probe is
+    yielded, so the counts stay readable after the block::
+
+        with probes.detect_n_plus_one(lesson.dsn, threshold=3) as probe:
+            endpoint(probe.sqlalchemy_url)
+    """
+    if action not in ("raise", "warn"):
+        raise ValueError(f"action must be 'raise' or 'warn', not {action!r}")
+    if threshold < 1:
+        raise ValueError(f"threshold must be at least 1, not {threshold!r}")
+    with count_statements(dsn) as probe:
+        yield probe
+    message = n_plus_one_report(probe, threshold)
+    if not message:
+        return
+    if action == "raise":
+        raise NPlusOneError(message)
+    import warnings
+
+    warnings.warn(message, NPlusOneWarning, stacklevel=3)
