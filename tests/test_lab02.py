@@ -1,7 +1,8 @@
 """Lab 02's grader: fails the starter, passes the solution, fails a right-but-slow and a fast-but-wrong answer."""
 from pathlib import Path
 
-import nbformat
+
+from labtools import outcomes as checks_by_name, submission
 
 from perflab import grader, paths
 
@@ -41,20 +42,8 @@ FAST_BUT_WRONG = '''def recent_orders_page(session, n):
 
 def _with_answer(tmp_path: Path, source: str) -> Path:
     """The solution notebook with the answer cell replaced."""
-    notebook = nbformat.read(SOLUTION, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code" and "def recent_orders_page" in cell.source and "BEGIN SOLUTION" in cell.source:
-            cell.source = source
-            break
-    else:
-        raise AssertionError("no answer cell for recent_orders_page")
-    target = tmp_path / "02_submission.ipynb"
-    nbformat.write(notebook, target)
-    return target
-
-
-def _outcomes(report) -> dict:
-    return {(e.name, o.name): o for e in report.exercises for o in e.checks}
+    return submission(SOLUTION, tmp_path, lambda cell: "def recent_orders_page" in cell and "BEGIN SOLUTION" in cell,
+                      source)
 
 
 SAME = ("endpoint", "the same page as the original")
@@ -64,7 +53,7 @@ FASTER = ("endpoint", "faster than the original")
 
 def test_solution_passes_every_check(tiny_data):
     report = grader.grade(SOLUTION)
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     assert outcomes[SAME].status == "passed", report.text()
     assert outcomes[BOUNDED].status == "passed", report.text()
     # Speed is judged only when the reference agrees with itself; a noisy run is "inconclusive — rerun"
@@ -76,7 +65,7 @@ def test_solution_passes_every_check(tiny_data):
 def test_starter_fails_and_names_each_lazy_load(tiny_data, tmp_path):
     report = grader.grade(STARTER, out_dir=tmp_path)
     assert not report.passed and report.exit_code == 1
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     assert outcomes[SAME].status == "passed"
     bounded = outcomes[BOUNDED]
     assert bounded.status == "failed"
@@ -87,7 +76,7 @@ def test_starter_fails_and_names_each_lazy_load(tiny_data, tmp_path):
 
 
 def test_right_but_slow_fails_the_statement_bound(tiny_data, tmp_path):
-    outcomes = _outcomes(grader.grade(_with_answer(tmp_path, RIGHT_BUT_SLOW)))
+    outcomes = checks_by_name(grader.grade(_with_answer(tmp_path, RIGHT_BUT_SLOW)))
     assert outcomes[SAME].status == "passed"
     bounded = outcomes[BOUNDED]
     assert bounded.status == "failed"
@@ -96,7 +85,7 @@ def test_right_but_slow_fails_the_statement_bound(tiny_data, tmp_path):
 
 
 def test_fast_but_wrong_fails_correctness(tiny_data, tmp_path):
-    outcomes = _outcomes(grader.grade(_with_answer(tmp_path, FAST_BUT_WRONG)))
+    outcomes = checks_by_name(grader.grade(_with_answer(tmp_path, FAST_BUT_WRONG)))
     same = outcomes[SAME]
     assert same.status == "failed" and "limits *rows*" in same.message
     assert outcomes[BOUNDED].status == "passed"

@@ -1,7 +1,8 @@
 """Lab 03's grader: fails the starter, passes the solution, fails a right-but-slow and an index-everything answer."""
 from pathlib import Path
 
-import nbformat
+
+from labtools import outcomes as checks_by_name, submission
 
 from perflab import grader, paths
 
@@ -14,25 +15,12 @@ P99 = ("tail", "the big tenant's p99 close to the small tenants'")
 
 
 def _with_answer(tmp_path: Path, source: str) -> Path:
-    notebook = nbformat.read(SOLUTION, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code" and "TAIL_INDEXES =" in cell.source and "BEGIN SOLUTION" in cell.source:
-            cell.source = source
-            break
-    else:
-        raise AssertionError("no answer cell for TAIL_INDEXES")
-    target = tmp_path / "03_submission.ipynb"
-    nbformat.write(notebook, target)
-    return target
-
-
-def _outcomes(report) -> dict:
-    return {(e.name, o.name): o for e in report.exercises for o in e.checks}
+    return submission(SOLUTION, tmp_path, lambda cell: "TAIL_INDEXES =" in cell and "BEGIN SOLUTION" in cell, source)
 
 
 def test_solution_passes_every_check(tiny_data):
     report = grader.grade(SOLUTION)
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     assert outcomes[BUDGET].status == "passed", report.text()
     assert outcomes[PLANS].status == "passed", report.text()
     # p99 is judged only on a quiet run; a noisy one is "inconclusive — rerun", never a pass or a fail
@@ -43,7 +31,7 @@ def test_solution_passes_every_check(tiny_data):
 def test_starter_fails(tiny_data, tmp_path):
     report = grader.grade(STARTER, out_dir=tmp_path)
     assert not report.passed and report.exit_code == 1
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     assert outcomes[BUDGET].status == "failed" and "creates no index" in outcomes[BUDGET].message
     assert outcomes[PLANS].status == "failed" and "rows of orders" in outcomes[PLANS].message
     assert outcomes[P99].status in ("failed", "inconclusive")
@@ -54,7 +42,7 @@ def test_right_but_slow_fails_on_rows_read(tiny_data, tmp_path):
     slow = ('TAIL_INDEXES = ["CREATE INDEX orders_cs_idx ON orders (customer_id, status)", '
             '"CREATE INDEX orders_pending_idx ON orders (customer_id) WHERE status = \'pending\'"]')
     report = grader.grade(_with_answer(tmp_path, slow))
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     assert outcomes[BUDGET].status == "passed"
     plans = outcomes[PLANS]
     assert plans.status == "failed" and "big tenant" in plans.message and "rows of orders" in plans.message
@@ -66,7 +54,7 @@ def test_index_everything_fails_the_budget(tiny_data, tmp_path):
                   '"CREATE INDEX b ON orders (customer_id, status, created_at)", '
                   '"CREATE INDEX c ON orders (status, customer_id, created_at)", '
                   '"CREATE INDEX d ON orders (customer_id, created_at) WHERE status = \'pending\'"]')
-    outcomes = _outcomes(grader.grade(_with_answer(tmp_path, everything)))
+    outcomes = checks_by_name(grader.grade(_with_answer(tmp_path, everything)))
     budget = outcomes[BUDGET]
     assert budget.status == "failed" and "the budget is 2" in budget.message
     assert outcomes[PLANS].status == "passed"
@@ -74,5 +62,5 @@ def test_index_everything_fails_the_budget(tiny_data, tmp_path):
 
 def test_not_an_index_is_refused(tiny_data, tmp_path):
     evil = 'TAIL_INDEXES = ["DROP TABLE order_items"]'
-    outcomes = _outcomes(grader.grade(_with_answer(tmp_path, evil)))
+    outcomes = checks_by_name(grader.grade(_with_answer(tmp_path, evil)))
     assert outcomes[BUDGET].status == "failed" and "CREATE INDEX" in outcomes[BUDGET].message

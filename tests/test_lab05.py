@@ -5,8 +5,8 @@ Counters decide (connections the server saw, requests left waiting); the speed c
 """
 from pathlib import Path
 
-import nbformat
-import pytest
+
+from labtools import submission
 
 from perflab import grader, paths
 
@@ -20,16 +20,8 @@ LEAKS = "no leaked connections"
 
 def _with_open_app(tmp_path: Path, body: str) -> Path:
     """The solution notebook with open_app's body replaced."""
-    notebook = nbformat.read(SOLUTION, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code" and cell.source.startswith("def open_app(dsn):"):
-            cell.source = 'def open_app(dsn):\n    """A submission."""\n' + body
-            break
-    else:
-        raise AssertionError("no open_app cell in the solution")
-    target = tmp_path / "05_submission.ipynb"
-    nbformat.write(notebook, target)
-    return target
+    return submission(SOLUTION, tmp_path, lambda cell: cell.startswith("def open_app(dsn):"),
+                      'def open_app(dsn):\n    """A submission."""\n' + body)
 
 
 def _outcomes(report) -> dict:

@@ -2,8 +2,8 @@
 and answers in the wrong order, each on the contract it breaks (the server's in-flight count first)."""
 from pathlib import Path
 
-import nbformat
-import pytest
+
+from labtools import submission
 
 from perflab import grader, paths
 
@@ -16,16 +16,8 @@ FAILURES = "failed items don't lose the others"
 
 
 def _with_fetch_all(tmp_path: Path, body: str) -> Path:
-    notebook = nbformat.read(SOLUTION, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code" and cell.source.startswith("async def fetch_all("):
-            cell.source = 'async def fetch_all(session, base_url, ids):\n    """A submission."""\n' + body
-            break
-    else:
-        raise AssertionError("no fetch_all cell in the solution")
-    target = tmp_path / "06_submission.ipynb"
-    nbformat.write(notebook, target)
-    return target
+    return submission(SOLUTION, tmp_path, lambda cell: cell.startswith("async def fetch_all("),
+                      'async def fetch_all(session, base_url, ids):\n    """A submission."""\n' + body)
 
 
 def _outcomes(report) -> dict:

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import nbformat
-import pytest
 
 from perflab import grader, paths
 from perflab.grader import GradingContext, RecordedFunction
