@@ -134,7 +134,8 @@ def sizes_up_to(largest: int, start: int = 1_000, per_decade: int = 2) -> list[i
     sizes, value = [], float(start)
     step = 10 ** (1 / per_decade)
     while value < largest * 0.75:
-        sizes.append(int(round(value, -2)))
+        # Round to two significant figures (2,000, 6,300, 20,000): readable, and never 0.
+        sizes.append(int(float(f"{value:.2g}")))
         value *= step
     return sorted(set(sizes + [largest]))
 

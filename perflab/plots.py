@@ -30,7 +30,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from perflab import paths
 from perflab.harness import Comparison, Sweep, format_seconds, time_unit
 
-__all__ = ["style", "bars", "scaling", "save", "variant_colors", "COURSE_STYLE"]
+__all__ = ["style", "bars", "scaling", "save", "variant_colors", "COURSE_STYLE",
+           "latency_distribution", "memory_bars", "waterfall", "profile_bars"]
 
 BASELINE_COLOR = "#D55E00"  # vermillion: the baseline, usually the version being fixed
 OTHER_COLORS = ("#0072B2", "#009E73", "#56B4E9", "#CC79A7", "#000000", "#999999")
