@@ -127,26 +127,7 @@ class StatementProbe:
         self.collect()
 
     def collect(self, timeout: float = 10.0) -> None:
-        import psycopg
-
-        sentinel = f"{self.tag}-end"
-        # A last statement on a tagged connection: once it is in the log, everything before it is.
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(f"SELECT '{sentinel}'")
-        deadline = time.monotonic() + timeout
-        with _admin(self.base_dsn) as conn:
-            while True:
-                entries = _read_log_since(conn, self._start)
-                mine = [e for e in entries if e.get("application_name") == self.tag]
-                if any(sentinel in e.get("message", "") for e in mine):
-                    break
-                if time.monotonic() > deadline:
-                    raise ProbeError(
-                        "the server's log did not show the probe's statements within "
-                        f"{timeout:.0f} s. Fix: the server needs logging_collector=on and "
-                        "log_destination including 'jsonlog' (the course's own server has both)."
-                    )
-                time.sleep(0.05)
+        mine, sentinel = tagged_log_entries(self.base_dsn, self.dsn, self.tag, self._start, timeout=timeout)
         statements, sessions = [], set()
         for entry in mine:
             message = entry.get("message", "")
@@ -193,6 +174,33 @@ def assert_max_statements(limit: int, dsn: str | None = None):
 def assert_num_statements(expected: int, dsn: str | None = None):
     """Fail with the captured SQL unless the block ran exactly ``expected`` statements."""
     return _assert_statements(expected, dsn, exact=True)
+
+
+def tagged_log_entries(base_dsn: str, tagged_dsn: str, tag: str, start: tuple[str, int] | None, *,
+                       sentinel_sql: str = "SELECT '{sentinel}'", timeout: float = 10.0) -> tuple[list[dict], str]:
+    """The server log's entries for connections tagged ``tag`` since ``start``, once they are all in.
+
+    The log is written asynchronously, so a last statement (``sentinel_sql``) runs on a tagged
+    connection; once it shows up, everything before it has. Returns the entries and the sentinel.
+    """
+    import psycopg
+
+    sentinel = f"{tag}-end"
+    with psycopg.connect(tagged_dsn, autocommit=True) as conn:
+        conn.execute(sentinel_sql.format(sentinel=sentinel))
+    deadline = time.monotonic() + timeout
+    with _admin(base_dsn) as conn:
+        while True:
+            mine = [e for e in _read_log_since(conn, start) if e.get("application_name") == tag]
+            if any(sentinel in e.get("message", "") for e in mine):
+                return mine, sentinel
+            if time.monotonic() > deadline:
+                raise ProbeError(
+                    f"the server's log did not show the tagged statements within {timeout:.0f} s. Fix: the "
+                    "server needs logging_collector=on and log_destination including 'jsonlog' (the course's "
+                    "own server has both)."
+                )
+            time.sleep(0.05)
 
 
 def _admin(dsn: str):

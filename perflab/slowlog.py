@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-import time
 from typing import Iterator
 
 import numpy as np
@@ -61,21 +60,10 @@ class SlowLog:
         self.collect()
 
     def collect(self, timeout: float = 10.0) -> None:
-        import psycopg
-
-        sentinel = f"{self.tag}-end"
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(f"SELECT '{sentinel}', pg_sleep({max(self.min_duration_ms, 0) / 1000 + 0.001})")
-        deadline = time.monotonic() + timeout
-        with probes._admin(self.base_dsn) as conn:
-            while True:
-                mine = [e for e in probes._read_log_since(conn, self._start) if e.get("application_name") == self.tag]
-                if any(sentinel in e.get("message", "") for e in mine):
-                    break
-                if time.monotonic() > deadline:
-                    raise probes.ProbeError("the slow-query log did not show the workload within "
-                                            f"{timeout:.0f} s: the server needs logging_collector=on and jsonlog")
-                time.sleep(0.05)
+        # The sentinel must itself be slow enough to be logged.
+        mine, sentinel = probes.tagged_log_entries(
+            self.base_dsn, self.dsn, self.tag, self._start, timeout=timeout,
+            sentinel_sql=f"SELECT '{{sentinel}}', pg_sleep({max(self.min_duration_ms, 0) / 1000 + 0.001})")
         rows = []
         for entry in mine:
             match = _DURATION.match(entry.get("message", ""))

@@ -254,7 +254,7 @@ def duplicate_has_one_effect(ctx) -> CheckResult:
     order = delivery.orders[0]
     emails, reports = delivery.emails.get(order, 0), delivery.reports.get(order, 0)
     details = delivery.summary()
-    said = f"the same order submitted 3 times (twice at the same instant, then once more)"
+    said = "the same order submitted 3 times (twice at the same instant, then once more)"
     if emails != 1:
         hint = IDEMPOTENT_HINT if emails > 1 else "send the email once (the first time the order is processed)"
         if emails > 1:
