@@ -18,12 +18,14 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def course_stack():
-    """The running stack (started if needed); stopped at the end of a CI run."""
+    """The running stack. Started if needed, and then stopped at the end of the session (servers and
+    Celery workers), so `make test` leaves no process behind; one that was already up stays up."""
     from perflab import stack
 
+    was_running = all(row["health"] == "healthy" for row in stack.status())
     running = stack.ensure()
     yield running
-    if os.environ.get("CI"):
+    if not was_running or os.environ.get("CI"):
         stack.down()
 
 
