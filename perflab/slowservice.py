@@ -253,13 +253,9 @@ class SlowService:
         return math.ceil(n / (limit or n)) * latency if self.config["jitter_ms"] == 0 else n * latency / (limit or n)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        from perflab.stack import terminate
+
+        terminate(self.process)
 
 
 def start(latency_ms: float = 50.0, *, jitter_ms: float = 0.0, failure_rate: float = 0.0, seed: int = 0,

@@ -762,12 +762,18 @@ class LatencyProxy:
         return with_database(self.url, dbname) if dbname else self.url
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        terminate(self.process)
+
+
+def terminate(process: subprocess.Popen, grace_seconds: float = 5.0) -> None:
+    """Stop a helper process the course started: SIGTERM, then SIGKILL after a grace period."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextlib.contextmanager
