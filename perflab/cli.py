@@ -119,6 +119,8 @@ def cmd_bench(args) -> int:
 
     scale = args.scale or paths.current_scale()
     os.environ["PERFLAB_SCALE"] = scale
+    # Its own folder, so a benchmark at another scale does not mix into the course report in build/.
+    paths.use_build_dir(paths.BUILD_DIR / f"bench-{scale}")
     if args.preset:
         os.environ["PERFLAB_PRESET"] = args.preset
     stack.ensure()

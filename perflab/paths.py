@@ -23,6 +23,17 @@ DATASETS_DIR = ROOT / "datasets"
 FIGURES_DIR = BUILD_DIR / "figures"
 RESULTS_DIR = BUILD_DIR / "results"
 
+
+
+def use_build_dir(folder: Path) -> None:
+    """Send this process's (and its notebooks') output to another folder, e.g. a benchmark's own."""
+    global BUILD_DIR, FIGURES_DIR, RESULTS_DIR
+    BUILD_DIR = Path(folder)
+    FIGURES_DIR = BUILD_DIR / "figures"
+    RESULTS_DIR = BUILD_DIR / "results"
+    os.environ["PERFLAB_BUILD_DIR"] = str(BUILD_DIR)
+
+
 SCALES = ("tiny", "small", "full")
 DEFAULT_SCALE = "small"
 
