@@ -78,11 +78,9 @@ def ensure_schema(dsn: str) -> None:
 
 def reset(dsn: str) -> None:
     """Create the lab's tables if needed and empty them."""
-    import psycopg
+    from perflab.tasks import create_and_empty
 
-    ensure_schema(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE order_emails, email_claims, order_reports, order_runs RESTART IDENTITY")
+    create_and_empty(dsn, SCHEMA, "order_emails, email_claims, order_reports, order_runs")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -46,8 +46,17 @@ CREATE TABLE IF NOT EXISTS task_attempts (id bigserial PRIMARY KEY, job_id text 
 """
 
 
+def create_and_empty(dsn: str, schema: str, tables: str) -> None:
+    """Create a lesson's tables if needed (in a notebook's or the grader's copy of the data), then empty them."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(schema)
+        conn.execute(f"TRUNCATE {tables} RESTART IDENTITY")
+
+
 def ensure_schema(dsn: str) -> None:
-    """Create the tables the jobs write to (in a notebook's or the grader's copy of the data)."""
+    """Create the tables the jobs write to."""
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -55,11 +64,7 @@ def ensure_schema(dsn: str) -> None:
 
 
 def reset(dsn: str) -> None:
-    import psycopg
-
-    ensure_schema(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE emails_sent, email_dedupe, reports, task_runs, task_attempts")
+    create_and_empty(dsn, SCHEMA, "emails_sent, email_dedupe, reports, task_runs, task_attempts")
 
 
 def configure(app: Celery, *, broker: str | None = None, queue: str | None = None, prefix: str | None = None,
