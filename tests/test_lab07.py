@@ -11,6 +11,8 @@ from pathlib import Path
 
 import nbformat
 
+from labtools import outcomes as checks_by_name
+
 from perflab import grader, paths
 from perflab.grader import GradingContext, RecordedFunction
 from perflab.labchecks import lab07
@@ -61,8 +63,6 @@ def _judge(dsn: str, **sources: str) -> dict:
             if (exercise.name, check.name) != FAST}
 
 
-def _outcomes(report) -> dict:
-    return {(e.name, o.name): o for e in report.exercises for o in e.checks}
 
 
 STAMPEDE = ("stampede", "at most 2 database queries for 100 concurrent misses")
@@ -74,7 +74,7 @@ FAST = ("cache", "a hit is much faster than the query")
 
 def test_solution_passes_every_check(tiny_data):
     report = grader.grade(SOLUTION)
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     # Counters are deterministic: they must pass on any machine.
     for key in (CORRECT, READ_YOUR_WRITES, RACE, STAMPEDE):
         assert outcomes[key].status == "passed", report.text()
@@ -86,7 +86,7 @@ def test_solution_passes_every_check(tiny_data):
 def test_starter_fails_with_the_reasons(tiny_data, tmp_path):
     report = grader.grade(STARTER, out_dir=tmp_path)
     assert not report.passed and report.exit_code in (1, 3)
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     assert outcomes[CORRECT].status == "failed" and "not cached" in outcomes[CORRECT].message
     assert outcomes[STAMPEDE].status == "failed" and "100 identical" in outcomes[STAMPEDE].message
     assert outcomes[FAST].status in ("failed", "inconclusive")

@@ -14,6 +14,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from labtools import outcomes as checks_by_name
+
 from perflab import caching, grader, offload, paths, stack
 from perflab.grader import GradingContext, RecordedFunction
 from perflab.labchecks import lab08
@@ -80,13 +82,11 @@ def _judge(dsn: str, keys: list, **replaced) -> dict:
             if (exercise.name, check.name) in keys}
 
 
-def _outcomes(report) -> dict:
-    return {(e.name, o.name): o for e in report.exercises for o in e.checks}
 
 
 def test_solution_passes_every_check(tiny_data):
     report = grader.grade(SOLUTION)
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     # Counted in the database: these must pass on any machine.
     for key in (OFFLOAD_202, WORKER_KILL, POOL_KILL, DUPLICATE):
         assert outcomes[key].status == "passed", report.text()
@@ -99,7 +99,7 @@ def test_solution_passes_every_check(tiny_data):
 def test_starter_fails_with_the_reasons(tiny_data, tmp_path):
     report = grader.grade(STARTER, out_dir=tmp_path)
     assert not report.passed and report.exit_code in (1, 3), report.text()
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     assert outcomes[OFFLOAD_202].status == "failed" and "not 202" in outcomes[OFFLOAD_202].message
     assert outcomes[P50].status in ("failed", "inconclusive"), outcomes[P50].message
     killed = outcomes[WORKER_KILL]

@@ -4,6 +4,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from labtools import outcomes as checks_by_name
+
 from perflab import complexity, grader, paths
 from perflab.labchecks import lab09
 
@@ -43,8 +45,6 @@ def _with_answers(tmp_path: Path, replacements: dict[str, str]) -> Path:
     return target
 
 
-def _outcomes(report) -> dict:
-    return {(e.name, o.name): o for e in report.exercises for o in e.checks}
 
 
 def test_solution_passes_every_check():
@@ -58,7 +58,7 @@ def test_solution_passes_every_check():
 def test_starter_is_right_but_quadratic(tmp_path):
     report = grader.grade(STARTER, out_dir=tmp_path)
     assert not report.passed and report.exit_code == 1, report.text()
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     for exercise in ("vip", "dedupe"):
         assert outcomes[(exercise, SAME)].status == "passed"
         counted = outcomes[(exercise, COUNTS)]
@@ -71,7 +71,7 @@ def test_starter_is_right_but_quadratic(tmp_path):
 
 def test_still_quadratic_and_wrong_answers_fail_on_the_right_checks(tmp_path):
     report = grader.grade(_with_answers(tmp_path, {"vip_orders": STILL_QUADRATIC_VIP, "dedupe_events": WRONG_DEDUPE}))
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     # Still quadratic: correct, but the counts and the time say so.
     assert outcomes[("vip", SAME)].status == "passed"
     assert outcomes[("vip", COUNTS)].status == "failed"

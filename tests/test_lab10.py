@@ -4,6 +4,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from labtools import outcomes as checks_by_name
+
 from perflab import grader, paths
 
 SOLUTION = paths.SOLUTIONS_DIR / "10_profiling.ipynb"
@@ -70,8 +72,6 @@ def _with_answers(tmp_path: Path, replacements: dict[str, str]) -> Path:
     return target
 
 
-def _outcomes(report) -> dict:
-    return {(e.name, o.name): o for e in report.exercises for o in e.checks}
 
 
 def test_solution_passes_every_check(tiny_data):
@@ -84,7 +84,7 @@ def test_solution_passes_every_check(tiny_data):
 
 def test_starter_fails_every_performance_check(tiny_data):
     report = grader.grade(STARTER)
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     assert not report.passed and report.exit_code == 1
     assert outcomes[HOTSPOT].status == "failed"
     assert outcomes[SAME].status == "passed"          # the starter is the original: right, slow
@@ -95,7 +95,7 @@ def test_starter_fails_every_performance_check(tiny_data):
 
 def test_wrong_guess_and_half_fix_fail_on_the_right_checks(tiny_data, tmp_path):
     report = grader.grade(_with_answers(tmp_path, {"TOP_HOTSPOT =": WRONG_GUESS, "def basket_report": HALF_FIX}))
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     wrong_guess = outcomes[HOTSPOT]
     assert wrong_guess.status == "failed" and "order_items_summary" in wrong_guess.message, wrong_guess.message
     assert outcomes[SAME].status == "passed"
@@ -106,7 +106,7 @@ def test_wrong_guess_and_half_fix_fail_on_the_right_checks(tiny_data, tmp_path):
 
 def test_fast_but_wrong_report_fails_correctness(tiny_data, tmp_path):
     report = grader.grade(_with_answers(tmp_path, {"def basket_report": WRONG_ORDER}))
-    outcomes = _outcomes(report)
+    outcomes = checks_by_name(report)
     assert outcomes[HOTSPOT].status == "passed"
     assert outcomes[SAME].status == "failed" and "line 1" in outcomes[SAME].message
     assert outcomes[FASTER].status == "failed" and "not judged" in outcomes[FASTER].message
