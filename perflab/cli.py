@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import paths
+from perflab import paths
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -28,7 +28,7 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
 
 
 def cmd_stack(args) -> int:
-    from . import stack
+    from perflab import stack
 
     if args.action == "up":
         _, messages = stack.up()
@@ -52,7 +52,7 @@ def cmd_stack(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from . import datasets, stack
+    from perflab import datasets, stack
 
     if args.action == "build":
         stack.ensure()
@@ -69,7 +69,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from . import datasets, report, stack
+    from perflab import datasets, report, stack
 
     if args.scale:
         os.environ["PERFLAB_SCALE"] = args.scale
@@ -88,7 +88,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    from . import grader
+    from perflab.grading import grader
 
     out_dir = Path(args.out) if args.out else paths.BUILD_DIR / "grades" / Path(args.submission).stem
     result = grader.grade(Path(args.submission), lab=args.lab, out_dir=out_dir)
@@ -97,7 +97,7 @@ def cmd_grade(args) -> int:
 
 
 def cmd_labs(args) -> int:
-    from . import labgen
+    from perflab import labgen
 
     if args.check:
         stale = labgen.stale_labs()
@@ -115,7 +115,7 @@ def cmd_bench(args) -> int:
     """The data build rate, then topic 1 executed at that scale and its recorded ratios."""
     import json
 
-    from . import datasets, report, stack
+    from perflab import datasets, report, stack
 
     scale = args.scale or paths.current_scale()
     os.environ["PERFLAB_SCALE"] = scale
@@ -136,7 +136,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_proxy(args) -> int:
-    from . import stack
+    from perflab import stack
 
     with stack.latency_proxy(args.rtt_ms, target=args.target) as proxy:
         print(f"{args.target} with +{args.rtt_ms} ms round trip: {stack.mask_password(proxy.url)}")
@@ -216,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .datasets import DatasetError
-    from .stack import StackError
+    from perflab.datasets import DatasetError
+    from perflab.stack import StackError
 
     args = build_parser().parse_args(argv)
     try:

@@ -14,7 +14,7 @@ import platform
 import sys
 from importlib import metadata
 
-from . import datasets, paths, stack
+from perflab import datasets, paths, stack
 
 SHOWN_PACKAGES = ("perflab", "psycopg", "SQLAlchemy", "redis", "pandas", "matplotlib")
 
@@ -35,16 +35,18 @@ class Lesson:
     def sqlalchemy_url(self) -> str:
         return self.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
 
-    def connect(self, **kwargs):
-        """A psycopg connection to this notebook's copy of the data (autocommit)."""
-        import psycopg
+    def connect(self, dsn: str | None = None, **kwargs):
+        """A psycopg connection (autocommit) to this notebook's copy of the data, or to ``dsn`` (e.g. a
+        probe's tagged DSN); extra libpq parameters pass through (``options="-c work_mem=64MB"``)."""
+        return stack.connect(dsn=dsn or self.dsn, **kwargs)
 
-        kwargs.setdefault("autocommit", True)
-        return psycopg.connect(self.dsn, **kwargs)
+    def redis(self, **kwargs):
+        """A redis-py client for the course's Redis."""
+        return stack.redis_client(self.stack.redis_url, **kwargs)
 
     def record(self, name: str, result, *, counters: dict | None = None, figure=None):
         """Store a comparison or sweep for the report (build/summary.json)."""
-        from . import report
+        from perflab import report
 
         claims = [c for c in self.claims if c.get("name") == name] or None
         return report.record(self.topic, name, result, counters=counters, claims=claims, figure=figure)
@@ -92,13 +94,6 @@ def start(topic: str, *, build_data: bool = True) -> Lesson:
         dsn = datasets.workspace(topic, scale) if build_data else running.dsn()
     return Lesson(topic=topic, scale=scale, dsn=dsn, stack=running)
 
-
-def connect(dsn: str, **kwargs):
-    """A psycopg connection (autocommit) with extra libpq parameters, e.g. ``options="-c work_mem=64MB"``."""
-    import psycopg
-
-    kwargs.setdefault("autocommit", True)
-    return psycopg.connect(dsn, **kwargs)
 
 
 def verdict(ratio, claimed: float, smaller_because: str | None = None) -> str:

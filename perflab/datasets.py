@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from . import paths, stack
+from perflab import paths, stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +45,8 @@ SCALES = {
     "full": Scale("full", customers=200_000, products=10_000, orders=5_000_000,
                   purpose="where the article's '1000x' claims live; needs ~3 GB of disk"),
 }
+# The names are paths.SCALES (the one list, which PERFLAB_SCALE is checked against); here, what each holds.
+assert tuple(SCALES) == paths.SCALES, "datasets.SCALES must describe exactly paths.SCALES"
 
 SEED = 20240101  # changing it changes every row; it is part of the fingerprint
 SCHEMA_SQL = paths.DATASETS_DIR / "schema.sql"
@@ -52,6 +54,14 @@ GENERATE_SQL = paths.DATASETS_DIR / "generate.sql"
 TEMPLATE_PREFIX = "perflab_"
 CLONE_PREFIX = "perflab_tmp_"
 WORKSPACE_PREFIX = "perflab_ws_"
+
+
+def create_and_empty(dsn: str, schema: str, tables: str) -> None:
+    """Create a lesson's own tables if needed (``schema``: CREATE … IF NOT EXISTS) in a notebook's or the
+    grader's copy of the data, then empty ``tables``."""
+    with stack.connect(dsn=dsn) as conn:
+        conn.execute(schema)
+        conn.execute(f"TRUNCATE {tables} RESTART IDENTITY")
 
 
 class DatasetError(RuntimeError):

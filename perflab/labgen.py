@@ -48,7 +48,7 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from . import paths
+from perflab import paths
 
 __all__ = ["generate", "render", "write_all", "stale_labs", "LabGenError", "REMOVED_TAGS"]
 
@@ -209,7 +209,7 @@ def _stable_id(solution_name: str, index: int) -> str:
 
 def generate(solution_path: str | Path) -> NotebookNode:
     """The lab notebook for one solution notebook (the input file is not modified)."""
-    from .notebooks import read_notebook
+    from perflab.notebooks import read_notebook
 
     solution_path = Path(solution_path)
     name = solution_path.name

@@ -82,7 +82,7 @@ class Latencies:
                           for variant, row in table.iterrows())
 
     def plot(self, ax=None, title: str | None = None, save: str | bool | None = None, **kwargs):
-        from . import plots
+        from perflab import plots
 
         return plots.latency_distribution(self, ax=ax, title=title, save=save, **kwargs)
 

@@ -82,7 +82,7 @@ async def _run(request_for: Callable[[int], tuple[str, str]], rate: float, durat
 def open_loop(request_for: Callable[[int], tuple[str, str]], *, rate: float, duration: float,
               timeout: float = 60.0) -> LoadResult:
     """Send ``rate`` requests per second for ``duration`` seconds; ``request_for(i)`` gives (method, url)."""
-    from .harness import run_async
+    from perflab.harness import run_async
 
     started = time.perf_counter()
     frame = run_async(_run(request_for, rate, duration, timeout))

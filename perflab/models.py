@@ -178,7 +178,7 @@ def counted_session(dsn: str) -> Iterator[CountedSession]:
     """
     from sqlalchemy.pool import NullPool
 
-    from . import probes
+    from perflab import probes
 
     with probes.count_statements(dsn) as probe:
         counted_engine = engine(probe.dsn, poolclass=NullPool)

@@ -5,7 +5,7 @@ this one function::
 
     from perflab.notebooks import execute, NotebookError
 
-    result = execute("notebooks/02_sargable.ipynb", out_path="build/02_sargable.ipynb",
+    result = execute("notebooks/01_let_the_index_work.ipynb", out_path="build/01_let_the_index_work.ipynb",
                      env={"PERFLAB_SCALE": "tiny"}, cell_timeout=600, total_timeout=3600)
     for cell in result.cells:                 # code cells, in order
         print(cell.number, cell.status, f"{cell.seconds:.1f} s", cell.first_line)
@@ -17,7 +17,7 @@ this one function::
   cell (numbered from 1, counting markdown cells, as you see them scrolling down), its first line
   and the exception, e.g.::
 
-      notebooks/02_sargable.ipynb: cell 7 (`ratio = res.ratio()`) raised ZeroDivisionError: division by zero (line 2)
+      notebooks/01_let_the_index_work.ipynb: cell 7 (`ratio = res.ratio()`) raised ZeroDivisionError: division by zero (line 2)
 
   With ``allow_errors=True`` the run goes on and every cell's outcome is in ``result.cells``.
   Cells tagged ``raises-exception`` may raise without failing the run (a notebook demonstrating an

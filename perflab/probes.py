@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from typing import Any, Iterator
 
-from . import stack
+from perflab import stack
 
 TRANSACTION_CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|START TRANSACTION|SAVEPOINT|RELEASE|END)\b", re.I)
 _LOG_MESSAGE = re.compile(r"^(?:statement|execute [^:]+|duration: [\d.]+ ms\s+statement): (.*)$", re.S)
@@ -119,8 +119,8 @@ class StatementProbe:
 
     # -- reading the server's log ------------------------------------------------------------
     def __enter__(self) -> "StatementProbe":
-        with _admin(self.base_dsn) as conn:
-            self._start = _log_position(conn)
+        with admin_connection(self.base_dsn) as conn:
+            self._start = log_position(conn)
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -189,7 +189,7 @@ def tagged_log_entries(base_dsn: str, tagged_dsn: str, tag: str, start: tuple[st
     with psycopg.connect(tagged_dsn, autocommit=True) as conn:
         conn.execute(sentinel_sql.format(sentinel=sentinel))
     deadline = time.monotonic() + timeout
-    with _admin(base_dsn) as conn:
+    with admin_connection(base_dsn) as conn:
         while True:
             mine = [e for e in _read_log_since(conn, start) if e.get("application_name") == tag]
             if any(sentinel in e.get("message", "") for e in mine):
@@ -203,13 +203,13 @@ def tagged_log_entries(base_dsn: str, tagged_dsn: str, tag: str, start: tuple[st
             time.sleep(0.05)
 
 
-def _admin(dsn: str):
-    import psycopg
+def admin_connection(dsn: str):
+    """An autocommit connection for reading the server's own state (its log, its statistics)."""
+    return stack.connect(dsn=dsn)
 
-    return psycopg.connect(dsn, autocommit=True)
 
-
-def _log_position(conn) -> tuple[str, int]:
+def log_position(conn) -> tuple[str, int]:
+    """Where the server's JSON log ends now: ``(file, size)``; entries after it are read by ``read_log_since``."""
     logfile = conn.execute("SELECT pg_current_logfile('jsonlog')").fetchone()[0]
     if not logfile:
         raise ProbeError(
@@ -223,7 +223,7 @@ def _log_position(conn) -> tuple[str, int]:
 
 def _read_log_since(conn, start: tuple[str, int] | None) -> list[dict]:
     start_file, offset = start or (None, 0)
-    current, _ = _log_position(conn)
+    current, _ = log_position(conn)
     files = [start_file] if start_file else []
     if current != start_file:
         # The log rotated while probing: read the rest of the old file and all of the new one.

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import paths
+from perflab import paths
 
 __all__ = ["Profile", "profile", "line_profile", "memory_by_line", "flame_graph", "FlameGraph", "function_label",
            "py_spy_path"]

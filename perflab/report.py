@@ -3,13 +3,13 @@
 Inside a notebook, each measurement worth keeping is recorded (``course.Lesson.record`` calls this)::
 
     from perflab import report
-    report.record("02_sargable", "hour window", res,                 # a Comparison, a Sweep or a dict
+    report.record("01_let_the_index_work", "hour window", res,                 # a Comparison, a Sweep or a dict
                   counters={"statements": 1},
                   claims=[{"claim": "range vs YEAR()", "article": "1000x", "measured": str(res.ratio()),
                            "verdict": "reproduced"}],
                   figure=fig_path)                                   # a file, or a matplotlib Figure
 
-which writes ``build/results/02_sargable__hour-window.json``. Then, from the command line::
+which writes ``build/results/01_let_the_index_work__hour-window.json``. Then, from the command line::
 
     failed = report.run_course(scale="small")   # every notebooks/NN_*.ipynb, in numeric order
 
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import paths
+from perflab import paths
 
 __all__ = ["record", "build_summary", "run_course", "write_index", "environment", "load_results"]
 
@@ -220,7 +220,7 @@ def environment() -> dict:
     """Python, server versions (None when the stack is not reachable), cores, platform, scale, version."""
     servers: dict = {}
     try:
-        from . import stack
+        from perflab import stack
 
         servers = stack.versions() or {}
     except Exception:  # noqa: BLE001 - no stack module or no servers: the report still gets written
@@ -278,7 +278,7 @@ def _course_notebooks(selection: Iterable[str | Path] | None) -> list[Path]:
         if path.is_file():
             chosen.append(path)
             continue
-        # "3", "03", "03_sargable" or "03_sargable.ipynb" name a course notebook
+        # "3", "03", "03_tail_latency" or "03_tail_latency.ipynb" name a course notebook
         key = path.name.removesuffix(".ipynb")
         matches = [
             p for p in every
@@ -318,9 +318,9 @@ def run_course(
 ) -> list[Path]:
     """Execute the course into build/ and write summary.json and index.html; return the notebooks that failed.
 
-    ``notebooks``: paths, or names/numbers of course notebooks (``"03"``, ``"03_sargable"``); default all.
+    ``notebooks``: paths, or names/numbers of course notebooks (``"03"``, ``"03_tail_latency"``); default all.
     """
-    from . import notebooks as nbrun
+    from perflab import notebooks as nbrun
 
     scale = scale or paths.current_scale()
     if scale not in paths.SCALES:

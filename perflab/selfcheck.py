@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from . import probes
+from perflab import probes
 
 
 def _rows(conn, sql: str, params=None) -> Counter:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from . import paths
+from perflab import paths
 
 # Non-default ports, so a system PostgreSQL/Redis on 5432/6379 never collides with the course's.
 DEFAULT_PG_PORT = 55432
@@ -729,12 +729,24 @@ def docker_env_lines() -> list[str]:
     ]
 
 
-def connect(dbname: str | None = None, **kwargs):
-    """A psycopg connection to the course server (autocommit by default)."""
+def connect(dbname: str | None = None, *, dsn: str | None = None, **kwargs):
+    """A psycopg connection (autocommit by default) to ``dsn``, else to database ``dbname`` of the course
+    server. Extra libpq parameters pass through, e.g. ``options="-c work_mem=64MB"``. The course's one
+    connection factory: lessons, probes, datasets and checks all open connections here."""
     import psycopg
 
     kwargs.setdefault("autocommit", True)
-    return psycopg.connect(ensure().dsn(dbname), **kwargs)
+    return psycopg.connect(dsn or ensure().dsn(dbname), **kwargs)
+
+
+def redis_client(url: str | None = None, **kwargs):
+    """A redis-py client (bytes in, bytes out) for ``url``, else the stack's Redis, with a connection pool big
+    enough for 100 threads. The course's one Redis client factory."""
+    import redis
+
+    kwargs.setdefault("max_connections", 200)
+    kwargs.setdefault("socket_timeout", 10)
+    return redis.Redis.from_url(url or ensure().redis_url, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -811,7 +823,7 @@ def _indent(text: str) -> str:
 # worker is started by one call, its pid and log live under .perflab/celery/, and it is stopped by
 # the `with` block that started it, by `stack.down()` (`make down`) and, as a last resort, when the
 # Python process that started it exits. Configuration reaches the worker through environment
-# variables that the course's Celery apps read (perflab.tasks.configure): PERFLAB_CELERY_BROKER,
+# variables that the course's Celery apps read (perflab.topics.t08_offload.tasks.configure): PERFLAB_CELERY_BROKER,
 # PERFLAB_CELERY_PREFIX, PERFLAB_CELERY_QUEUE, PERFLAB_CELERY_ACKS_LATE.
 
 def _celery_dir() -> Path:
@@ -962,7 +974,7 @@ def start_celery_worker(app: str, *, queue: str, concurrency: int = 4, pool: str
 
 @contextlib.contextmanager
 def celery_worker(app: str, **kwargs) -> Iterator[CeleryWorker]:
-    """``with stack.celery_worker("perflab.tasks", queue=q, concurrency=4, acks_late=True) as w:`` —
+    """``with stack.celery_worker("perflab.topics.t08_offload.tasks", queue=q, concurrency=4, acks_late=True) as w:`` —
     a real worker for the block; stopped (and its pool reaped) when the block ends, whatever happens."""
     worker = start_celery_worker(app, **kwargs)
     try:

@@ -7,7 +7,8 @@ import psutil
 import psycopg
 import pytest
 
-from perflab import cli, stack, tasks
+from perflab import cli, stack
+from perflab.topics.t08_offload import tasks
 
 
 
@@ -15,9 +16,9 @@ from perflab import cli, stack, tasks
 def no_keys_left_behind(course_stack):
     """The tests' broker and result keys all start with perflab:test:; delete them afterwards."""
     yield
-    from perflab import caching
+    from perflab.topics.t07_caching import rig as caching
 
-    client = caching.redis_client(course_stack.redis_url)
+    client = stack.redis_client(course_stack.redis_url)
     keys = list(client.scan_iter(match="perflab:test:*", count=1000))
     if keys:
         client.delete(*keys)
@@ -38,7 +39,7 @@ def test_worker_runs_tasks_and_stops_with_its_block(jobs_db):
     prefix, queue = f"perflab:test:{secrets.token_hex(3)}:", f"q-{secrets.token_hex(3)}"
     client = tasks.client(queue=queue, prefix=prefix)
     env = {"PERFLAB_JOBS_DSN": jobs_db, "PERFLAB_WORK_SECONDS": "0.01"}
-    with stack.celery_worker("perflab.tasks", queue=queue, prefix=prefix, concurrency=2, env=env) as worker:
+    with stack.celery_worker("perflab.topics.t08_offload.tasks", queue=queue, prefix=prefix, concurrency=2, env=env) as worker:
         assert worker.alive() and worker.log_file.exists()
         assert [w["name"] for w in stack.celery_workers()] == [worker.name] or worker.name in [
             w["name"] for w in stack.celery_workers()]
@@ -57,7 +58,7 @@ def test_kill_minus_nine_loses_early_acked_tasks_and_late_acks_redeliver_them(jo
         tasks.reset(jobs_db)
         queue = f"q-{secrets.token_hex(3)}"
         client = tasks.client(queue=queue, prefix=prefix)
-        with stack.celery_worker("perflab.tasks", queue=queue, prefix=prefix, concurrency=2, acks_late=acks_late,
+        with stack.celery_worker("perflab.topics.t08_offload.tasks", queue=queue, prefix=prefix, concurrency=2, acks_late=acks_late,
                                  env=env) as doomed:
             for i in range(4):
                 client.send_task("perflab.process_order", args=(f"job-{i}", True))
@@ -67,7 +68,7 @@ def test_kill_minus_nine_loses_early_acked_tasks_and_late_acks_redeliver_them(jo
             doomed.kill()
             assert not doomed.alive()
         started = time.monotonic()
-        with stack.celery_worker("perflab.tasks", queue=queue, prefix=prefix, concurrency=2, acks_late=acks_late,
+        with stack.celery_worker("perflab.topics.t08_offload.tasks", queue=queue, prefix=prefix, concurrency=2, acks_late=acks_late,
                                  env=env):
             while (_count(jobs_db, "SELECT count(*) FROM reports") < 4
                    and time.monotonic() - started < tasks.VISIBILITY_TIMEOUT_S + 6):
@@ -81,7 +82,7 @@ def test_kill_minus_nine_loses_early_acked_tasks_and_late_acks_redeliver_them(jo
 
 def test_down_stops_leftover_workers_and_the_cli_lists_them(jobs_db, capsys):
     prefix, queue = f"perflab:test:{secrets.token_hex(3)}:", f"q-{secrets.token_hex(3)}"
-    worker = stack.start_celery_worker("perflab.tasks", queue=queue, prefix=prefix, concurrency=1,
+    worker = stack.start_celery_worker("perflab.topics.t08_offload.tasks", queue=queue, prefix=prefix, concurrency=1,
                                        env={"PERFLAB_JOBS_DSN": jobs_db})
     try:
         assert cli.main(["stack", "workers"]) == 0

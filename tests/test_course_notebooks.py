@@ -28,7 +28,7 @@ def test_every_notebook_and_lab_is_covered_by_a_test():
         assert (ROOT / "tests" / f"test_lab{number}.py").exists(), (
             f"{lab} has no grading test: add tests/test_lab{number}.py (starter fails, solution passes, "
             "a slow and a wrong answer fail)")
-        assert (ROOT / "perflab" / "labchecks" / f"lab{number}.py").exists(), f"{lab} has no checks module"
+        assert list((ROOT / "perflab" / "topics").glob(f"t{number}_*/checks.py")), f"{lab} has no checks module"
     assert {s.name for s in SOLUTIONS} == {lab.name for lab in LABS}, "every solution needs its generated lab"
 
 

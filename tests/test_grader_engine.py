@@ -11,8 +11,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from perflab import grader, labgen, notebooks
-from perflab.grader import Check, CheckResult, Exercise, learner_code
+from perflab import labgen, notebooks
+from perflab.grading import grader
+from perflab.grading.grader import Check, CheckResult, Exercise, learner_code
 
 v4 = nbformat.v4
 FIXTURE = Path(__file__).parent / "fixtures" / "demo_lab"

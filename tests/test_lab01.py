@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from labtools import outcomes as checks_by_name, submission
 
-from perflab import grader, paths
+from perflab import paths
+from perflab.grading import grader
 
 SOLUTION = paths.SOLUTIONS_DIR / "01_let_the_index_work.ipynb"
 STARTER = paths.LABS_DIR / "01_let_the_index_work.ipynb"

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from labtools import outcomes as checks_by_name, submission
 
-from perflab import grader, paths
+from perflab import paths
+from perflab.grading import grader
 
 SOLUTION = paths.SOLUTIONS_DIR / "03_tail_latency.ipynb"
 STARTER = paths.LABS_DIR / "03_tail_latency.ipynb"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from labtools import submission
 
-from perflab import grader, paths
+from perflab import paths
+from perflab.grading import grader
 
 SOLUTION = paths.SOLUTIONS_DIR / "05_connection_pooling.ipynb"
 STARTER = paths.LABS_DIR / "05_connection_pooling.ipynb"

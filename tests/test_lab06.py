@@ -5,7 +5,8 @@ from pathlib import Path
 
 from labtools import submission
 
-from perflab import grader, paths
+from perflab import paths
+from perflab.grading import grader
 
 SOLUTION = paths.SOLUTIONS_DIR / "06_async_gather.ipynb"
 STARTER = paths.LABS_DIR / "06_async_gather.ipynb"

@@ -13,9 +13,10 @@ import nbformat
 
 from labtools import outcomes as checks_by_name
 
-from perflab import grader, paths
-from perflab.grader import GradingContext, RecordedFunction
-from perflab.labchecks import lab07
+from perflab import paths
+from perflab.grading import grader
+from perflab.grading.grader import GradingContext, RecordedFunction
+from perflab.topics.t07_caching import checks as lab07
 
 SOLUTION = paths.SOLUTIONS_DIR / "07_redis_caching.ipynb"
 STARTER = paths.LABS_DIR / "07_redis_caching.ipynb"

@@ -16,9 +16,12 @@ import pytest
 
 from labtools import outcomes as checks_by_name
 
-from perflab import caching, grader, offload, paths, stack
-from perflab.grader import GradingContext, RecordedFunction
-from perflab.labchecks import lab08
+from perflab import paths, stack
+from perflab.topics.t07_caching import rig as caching
+from perflab.grading import grader
+from perflab.topics.t08_offload import offload
+from perflab.grading.grader import GradingContext, RecordedFunction
+from perflab.topics.t08_offload import checks as lab08
 
 SOLUTION = paths.SOLUTIONS_DIR / "08_celery_offload.ipynb"
 STARTER = paths.LABS_DIR / "08_celery_offload.ipynb"
@@ -45,7 +48,7 @@ def nothing_left_behind(course_stack):
     """No worker process and no broker key of the lab's survives a test."""
     yield
     leftovers = [w["name"] for w in stack.celery_workers() if w["name"].startswith("lab08-") and w["alive"]]
-    client = caching.redis_client(course_stack.redis_url)
+    client = stack.redis_client(course_stack.redis_url)
     keys = list(client.scan_iter(match=offload.KEY_PREFIX + "*", count=1000))
     if keys:
         client.delete(*keys)

@@ -6,8 +6,9 @@ import pytest
 
 from labtools import outcomes as checks_by_name
 
-from perflab import complexity, grader, paths
-from perflab.labchecks import lab09
+from perflab import complexity, paths
+from perflab.grading import grader
+from perflab.topics.t09_structures import checks as lab09
 
 SOLUTION = paths.SOLUTIONS_DIR / "09_data_structures.ipynb"
 STARTER = paths.LABS_DIR / "09_data_structures.ipynb"

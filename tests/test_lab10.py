@@ -6,7 +6,8 @@ import pytest
 
 from labtools import outcomes as checks_by_name
 
-from perflab import grader, paths
+from perflab import paths
+from perflab.grading import grader
 
 SOLUTION = paths.SOLUTIONS_DIR / "10_profiling.ipynb"
 STARTER = paths.LABS_DIR / "10_profiling.ipynb"

@@ -5,7 +5,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from perflab import latency, models, probes, slowlog
+from perflab import latency, models, probes
+from perflab.topics.t04_slow_queries import rig as slowlog
 from perflab.models import Customer, Order
 
 

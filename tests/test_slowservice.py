@@ -5,7 +5,7 @@ import time
 import aiohttp
 import pytest
 
-from perflab import slowservice
+from perflab.topics.t06_async import slowservice
 
 
 async def _fetch_many(url, ids, limit=None):

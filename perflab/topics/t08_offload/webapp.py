@@ -20,7 +20,7 @@ from typing import Iterator
 
 from aiohttp import web
 
-from . import tasks
+from perflab.topics.t08_offload import tasks
 
 
 def make_app(mode: str, *, client=None, web_threads: int = 4, idempotent: bool = True) -> web.Application:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from perflab import harness
-from perflab.grader import CheckResult, Inconclusive
+from perflab.grading.grader import CheckResult, Inconclusive
 
 # More rounds than the `fast` preset (a tighter CI for the noise gate), each sample ~10 ms, capped
 # at ~5 s per check so that grading a lab stays well under a minute.

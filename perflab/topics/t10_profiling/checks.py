@@ -16,8 +16,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from perflab import memory, probes, profiling
-from perflab.grader import Check, CheckResult, Exercise, LabSpec, SubmissionError, call_submitted, learner_code
-from perflab.labchecks.common import WrongAnswer, measure_gated
+from perflab.grading.grader import Check, CheckResult, Exercise, LabSpec, SubmissionError, call_submitted, learner_code
+from perflab.grading.contracts import WrongAnswer, measure_gated
 
 LIMIT = 4_000
 CHECK_LIMITS = (LIMIT, 0, 1, 777)

@@ -14,8 +14,8 @@ from collections import Counter
 import psycopg
 
 from perflab import probes
-from perflab.grader import Check, CheckResult, Exercise, LabSpec, SubmissionError, learner_code
-from perflab.labchecks.common import WrongAnswer, measure_gated, speedup_verdict
+from perflab.grading.grader import Check, CheckResult, Exercise, LabSpec, SubmissionError, learner_code
+from perflab.grading.contracts import WrongAnswer, measure_gated, speedup_verdict
 
 ORIGINALS = {
     "MARCH_2024_SQL": """SELECT id, customer_id, total FROM orders

@@ -28,8 +28,9 @@ import os
 import secrets
 import time
 
-from perflab import offload, stack
-from perflab.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, RecordedFunction, SubmissionError
+from perflab import stack
+from perflab.topics.t08_offload import offload
+from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, RecordedFunction, SubmissionError
 
 RATE = 20  # orders per second, open loop: more than the inline endpoint's 4 threads can finish (16/s)
 DURATION = 2.0

@@ -1,6 +1,6 @@
 """What lab 08 (moving slow work to Celery) shares between its notebook and its grader.
 
-    from perflab import offload
+    from perflab.topics.t08_offload import offload
     offload.reset(dsn)                                           # the lab's tables, emptied
     with offload.submission_worker(process_order_once, WORKER_SETTINGS, dsn) as w:
         w.client.send_task(offload.TASK_NAME, args=["order-1"])  # runs in a real `celery worker`
@@ -78,9 +78,9 @@ def ensure_schema(dsn: str) -> None:
 
 def reset(dsn: str) -> None:
     """Create the lab's tables if needed and empty them."""
-    from perflab.tasks import create_and_empty
+    from perflab import datasets
 
-    create_and_empty(dsn, SCHEMA, "order_emails, email_claims, order_reports, order_runs")
+    datasets.create_and_empty(dsn, SCHEMA, "order_emails, email_claims, order_reports, order_runs")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -260,9 +260,9 @@ def register(app, fn: Callable):
     return process_order
 
 
-_MODULE_TEMPLATE = '''"""Written by perflab.offload for one experiment: the learner's task body as a Celery task."""
-from perflab.offload import TASK_NAME, WORK_S, send_confirmation_email, build_report  # noqa: F401
-from perflab import offload as _perflab_offload
+_MODULE_TEMPLATE = '''"""Written by perflab.topics.t08_offload.offload for one experiment: the learner's task body as a Celery task."""
+from perflab.topics.t08_offload.offload import TASK_NAME, WORK_S, send_confirmation_email, build_report  # noqa: F401
+from perflab.topics.t08_offload import offload as _perflab_offload
 import json, os, time, secrets  # noqa: F401,E401
 
 app = _perflab_offload.worker_app()
@@ -299,7 +299,7 @@ class SubmissionWorker:
 
     def another(self, label: str = "restart", **kwargs):
         """A fresh worker process on the same queue and broker keys (like a supervisor restarting it)."""
-        from . import stack
+        from perflab import stack
 
         kwargs.setdefault("concurrency", self.worker.concurrency)
         name = f"lab08-{label}-{secrets.token_hex(3)}"
@@ -335,7 +335,7 @@ def task_module(fn: Callable | str) -> Iterator[tuple[str, str]]:
 
 
 def _worker_env(folder: str, dsn: str, settings: dict) -> dict:
-    from . import paths
+    from perflab import paths
 
     return {
         "PYTHONPATH": os.pathsep.join(filter(None, [folder, str(paths.ROOT), os.environ.get("PYTHONPATH")])),
@@ -350,7 +350,7 @@ def submission_worker(fn: Callable | str, settings: dict, dsn: str, *, concurren
                       pool: str = "threads", label: str = "w") -> Iterator[SubmissionWorker]:
     """A real worker running ``fn`` as the task :data:`TASK_NAME`, with ``settings`` applied; stopped
     (and its Redis keys deleted) when the block ends."""
-    from . import caching, stack
+    from perflab import stack
 
     running = stack.ensure()
     prefix = f"{KEY_PREFIX}{secrets.token_hex(4)}:"
@@ -371,7 +371,7 @@ def submission_worker(fn: Callable | str, settings: dict, dsn: str, *, concurren
                 for suffix in (".log", ".out"):
                     (worker.log_file.parent / f"{started}{suffix}").unlink(missing_ok=True)
         finally:
-            _delete_keys(caching.redis_client(running.redis_url), prefix)
+            _delete_keys(stack.redis_client(running.redis_url), prefix)
 
 
 def _delete_keys(r, prefix: str) -> None:
@@ -569,10 +569,10 @@ def kill_worker_mid_run(fn: Callable | str, settings: dict, dsn: str, *, jobs: i
     """``jobs`` orders; once ``concurrency`` are running (half-way through the report), ``kill -9``
     the whole worker; start a fresh one on the same queue and wait (at most ``wait_s`` after the kill)
     for every order to complete. Returns what happened, counted in the database."""
-    from . import caching, stack
+    from perflab import stack
 
     reset(dsn)
-    r = caching.redis_client(stack.ensure().redis_url)
+    r = stack.redis_client(stack.ensure().redis_url)
     orders = [f"kill-{i}" for i in range(jobs)]
     with submission_worker(fn, settings, dsn, concurrency=concurrency, label="kill") as w:
         for order in orders:
@@ -603,10 +603,10 @@ def kill_pool_process(fn: Callable | str, settings: dict, dsn: str, *, jobs: int
     The visibility timeout is set to :data:`POOL_VISIBILITY_TIMEOUT_S` here, longer than the wait:
     the job must come back through the worker (``task_reject_on_worker_lost`` requeues it when the
     worker notices the lost process, within ~5 s), not through the broker's timeout."""
-    from . import caching, stack
+    from perflab import stack
 
     reset(dsn)
-    r = caching.redis_client(stack.ensure().redis_url)
+    r = stack.redis_client(stack.ensure().redis_url)
     orders = [f"pool-{i}" for i in range(jobs)]
     settings = dict(settings) if isinstance(settings, dict) else {}
     transport = settings.get("broker_transport_options")
@@ -676,7 +676,7 @@ def one_order(create_order: Callable, fn: Callable | str, dsn: str, settings: di
     """POST one order to an app around ``create_order``; poll its task (if any) to the end."""
     import requests
 
-    from . import webapp
+    from perflab.topics.t08_offload import webapp
 
     reset(dsn)
     order = "single-1"
@@ -734,7 +734,8 @@ def endpoint_under_load(create_order: Callable, fn: Callable | str, dsn: str, *,
                         drain_s: float = 20.0, timeout: float = 20.0) -> LoadComparison:
     """The same open-loop schedule against the inline reference endpoint and against ``create_order``
     (each behind ``web_threads`` threads), in one run; then wait for the learner's orders to be done."""
-    from . import load, webapp
+    from perflab import load
+    from perflab.topics.t08_offload import webapp
 
     reset(dsn)
     with submission_worker(fn, REFERENCE_SETTINGS, dsn, concurrency=concurrency, label="load") as w:

@@ -21,15 +21,16 @@ import time
 
 import msgpack
 
-from perflab import caching, harness, probes, stack
-from perflab.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, call_submitted, learner_code
+from perflab import harness, probes, stack
+from perflab.topics.t07_caching import rig as caching
+from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, call_submitted, learner_code
 
 CONCURRENT_MISSES = 100
 MAX_STAMPEDE_QUERIES = 2
 HIT_SPEEDUP = 10.0  # a hit must be at least this much faster than the query...
 HIT_SHARE = 0.5  # ...or, on a machine where the reference gets less than 2x that, half the reference's gain
 # The contract is a 10x gap, so the reference may disagree with itself by up to 2x (both CI ends)
-# before this run is too noisy to judge — a tighter gate (labchecks.common's 1.25x) only makes a
+# before this run is too noisy to judge — a tighter gate (grading.contracts' 1.25x) only makes a
 # busy machine say "rerun" about a difference it could not possibly blur. A sample loops hits for
 # ~20 ms, so one slow round trip does not make a sample: ~3-5 s per attempt.
 HIT_NOISE_LIMIT = 2.0
@@ -74,7 +75,7 @@ class _Setup:
     def __init__(self, ctx, dsn: str | None = None, **kwargs):
         self._get = ctx.function("get_dashboard", NAMESPACE)
         self._rename = ctx.function("rename_customer", NAMESPACE) if "rename_customer" in ctx.answers else None
-        self.r = caching.redis_client(stack.ensure().redis_url)
+        self.r = stack.redis_client(stack.ensure().redis_url)
         self.db = caching.ShopDB(dsn or ctx.dsn, prefix=f"perflab:grade07:{secrets.token_hex(4)}:", **kwargs)
 
     def get(self, customer_id, db=None):

@@ -1,10 +1,10 @@
 """What topic 7 (caching with Redis) and its lab share: the slow query, its database, the experiments.
 
-    from perflab import caching
+    from perflab.topics.t07_caching import rig as caching
     db = caching.ShopDB(lesson.dsn)          # a small connection pool over this notebook's copy
     db.dashboard(7)                          # the slow query: one customer's revenue by category
     db.key("dashboard", 7)                   # 'perflab:c0ffee:dashboard:7' — keys are namespaced
-    r = caching.redis_client(lesson.stack.redis_url)
+    r = lesson.redis()
     caching.stampede(lambda: get(r, db, 7), n=100)     # 100 threads released at once
     caching.stale_set_race(get, rename, r, db, 7, "New name")   # the race, forced, not hoped for
 
@@ -46,15 +46,6 @@ ORDERS_SQL = """SELECT id, status, created_at, total FROM orders WHERE customer_
 # A "hot" dashboard should take tens of milliseconds at every scale: the busiest customer with at
 # most this many orders (at tiny scale the big tenant, customer 1; at small scale a busy customer).
 HOT_CUSTOMER_MAX_ORDERS = 7_000
-
-
-def redis_client(url: str, **kwargs):
-    """A redis-py client (bytes in, bytes out) with a connection pool big enough for 100 threads."""
-    import redis
-
-    kwargs.setdefault("max_connections", 200)
-    kwargs.setdefault("socket_timeout", 10)
-    return redis.Redis.from_url(url, **kwargs)
 
 
 class ShopDB:

@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from . import probes, stack
+from perflab import probes, stack
 
 __all__ = ["capture", "SlowLog", "top_offenders", "stat_statements_status", "from_stat_statements"]
 
@@ -52,8 +52,8 @@ class SlowLog:
                                  options=f"-c log_min_duration_statement={self.min_duration_ms:g}")
 
     def __enter__(self) -> "SlowLog":
-        with probes._admin(self.base_dsn) as conn:
-            self._start = probes._log_position(conn)
+        with probes.admin_connection(self.base_dsn) as conn:
+            self._start = probes.log_position(conn)
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -2,9 +2,9 @@
 
 Usage (what ``perflab grade`` / ``make grade LAB=NN SUBMISSION=…`` does)::
 
-    from perflab.grader import grade
+    from perflab.grading.grader import grade
 
-    report = grade("work/02_sargable.ipynb")          # lab inferred from the NN_ prefix
+    report = grade("work/01_let_the_index_work.ipynb")          # lab inferred from the NN_ prefix
     print(report.text())
     raise SystemExit(report.exit_code)                # 0 passed, 1 failed, 2 invalid, 3 inconclusive, 4 grader error
 
@@ -26,9 +26,9 @@ How a run goes:
 5. The report gives each check's verdict and message, the score, and writes a Gradescope-format
    ``results.json`` when asked.
 
-Writing a lab's checks (``perflab/labchecks/labNN.py`` defines ``LAB``)::
+Writing a lab's checks (``perflab/topics/tNN_<slug>/checks.py`` defines ``LAB``)::
 
-    from perflab.grader import Check, CheckResult, Exercise, LabSpec, learner_code
+    from perflab.grading.grader import Check, CheckResult, Exercise, LabSpec, learner_code
     from perflab.probes import explain
 
     def uses_the_index(ctx):
@@ -39,7 +39,7 @@ Writing a lab's checks (``perflab/labchecks/labNN.py`` defines ``LAB``)::
                                     "with a date range instead of wrapping it in EXTRACT()")
         return CheckResult.ok("MARCH_SQL uses the index on created_at")
 
-    LAB = LabSpec(id="02", title="Sargable predicates", solution="02_sargable.ipynb", exercises=[
+    LAB = LabSpec(id="01", title="Let the index work", solution="01_let_the_index_work.ipynb", exercises=[
         Exercise("march", "Orders in March", None, ["MARCH_SQL"], [Check("uses the index", uses_the_index, 2)]),
     ])
 
@@ -67,7 +67,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterator
 
-from . import paths
+from perflab import paths
 
 __all__ = [
     "grade",
@@ -212,15 +212,20 @@ class LabSpec:
         return path if path.is_absolute() else Path(paths.SOLUTIONS_DIR) / path
 
 
+# Labs are found by name, never imported statically: the grader is engine code and knows no topic.
+# A lab NN is the ``checks`` module of the topic folder ``perflab/topics/tNN_<slug>/``.
+TOPICS_PACKAGE = "perflab.topics"
+
+
+def _topic_folders() -> dict[str, str]:
+    """``{"01": "t01_index", ...}`` for every topic folder that has a ``checks.py``."""
+    root = Path(paths.ROOT) / "perflab" / "topics"
+    return {folder.name[1:3]: folder.name for folder in sorted(root.glob("t[0-9][0-9]_*"))
+            if (folder / "checks.py").is_file()}
+
+
 def _available_labs() -> list[str]:
-    try:
-        package = importlib.import_module("perflab.labchecks")
-    except ImportError:
-        return []
-    found = []
-    for directory in getattr(package, "__path__", []):
-        found += [p.stem[3:] for p in Path(directory).glob("lab[0-9]*.py")]
-    return sorted(set(found))
+    return sorted(_topic_folders())
 
 
 def _lab_from_module(module: ModuleType, origin: str) -> LabSpec:
@@ -236,16 +241,13 @@ def load_lab(lab: "LabSpec | str | int | Path") -> LabSpec:
         return lab
     text = str(lab)
     if text.isdigit():
-        module_name = f"perflab.labchecks.lab{int(text):02d}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name not in (module_name, "perflab.labchecks"):
-                raise  # the lab's own imports are broken: show the real error
+        number = f"{int(text):02d}"
+        folder = _topic_folders().get(number)
+        if folder is None:
             available = ", ".join(_available_labs()) or "none yet"
-            raise LabNotFound(
-                f"there is no lab {int(text):02d} (no perflab/labchecks/lab{int(text):02d}.py); labs: {available}"
-            ) from None
+            raise LabNotFound(f"there is no lab {number} (no perflab/topics/t{number}_*/checks.py); labs: {available}")
+        module_name = f"{TOPICS_PACKAGE}.{folder}.checks"
+        module = importlib.import_module(module_name)
         return _lab_from_module(module, module_name)
     if text.endswith(".py") or Path(text).is_file():
         path = Path(text)
@@ -715,7 +717,7 @@ def _infer_lab(submission: Path) -> str:
     if not match:
         raise LabNotFound(
             f"cannot tell which lab {submission.name!r} is: keep the lab's NN_ prefix in the file name "
-            "(e.g. 02_sargable.ipynb) or say which lab it is (LAB=02)"
+            "(e.g. 01_let_the_index_work.ipynb) or say which lab it is (LAB=02)"
         )
     return match.group(1)
 
@@ -733,7 +735,7 @@ def grade(
     name's ``NN_`` prefix. ``out_dir`` receives the executed notebook, ``report.txt`` and
     ``results.json``; ``results_json`` names the Gradescope file explicitly.
     """
-    from . import notebooks
+    from perflab import notebooks
 
     started = time.monotonic()
     submission = Path(submission)
@@ -776,7 +778,7 @@ def grade(
         learner_dsn = checks_dsn = None
         if spec.needs_database:
             try:
-                from . import datasets, stack
+                from perflab import datasets, stack
 
                 stack.ensure()
                 learner_dsn = resources.enter_context(datasets.throwaway())

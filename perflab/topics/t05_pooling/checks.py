@@ -18,9 +18,9 @@ from decimal import Decimal
 import psycopg
 
 from perflab import probes
-from perflab.grader import (Check, CheckResult, Exercise, LabSpec, SubmissionError, call_submitted,
+from perflab.grading.grader import (Check, CheckResult, Exercise, LabSpec, SubmissionError, call_submitted,
                             learner_code)
-from perflab.labchecks.common import WrongAnswer, measure_gated, speedup_verdict
+from perflab.grading.contracts import WrongAnswer, measure_gated, speedup_verdict
 
 ORDER_SUMMARY_SQL = "SELECT count(*), coalesce(sum(total), 0) FROM orders WHERE customer_id = %s"
 POOL_SIZE = 4

@@ -1,6 +1,6 @@
 """The course's Celery app for topic 8: slow work moved off the request, and made safe to run twice.
 
-A worker for it is started by the stack (``stack.celery_worker("perflab.tasks", queue=..., acks_late=...)``),
+A worker for it is started by the stack (``stack.celery_worker("perflab.topics.t08_offload.tasks", queue=..., acks_late=...)``),
 which passes its configuration in environment variables; the notebook process builds the same app
 with :func:`configure` so that ``.delay()`` reaches that worker.
 
@@ -46,15 +46,6 @@ CREATE TABLE IF NOT EXISTS task_attempts (id bigserial PRIMARY KEY, job_id text 
 """
 
 
-def create_and_empty(dsn: str, schema: str, tables: str) -> None:
-    """Create a lesson's tables if needed (in a notebook's or the grader's copy of the data), then empty them."""
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(schema)
-        conn.execute(f"TRUNCATE {tables} RESTART IDENTITY")
-
-
 def ensure_schema(dsn: str) -> None:
     """Create the tables the jobs write to."""
     import psycopg
@@ -64,7 +55,9 @@ def ensure_schema(dsn: str) -> None:
 
 
 def reset(dsn: str) -> None:
-    create_and_empty(dsn, SCHEMA, "emails_sent, email_dedupe, reports, task_runs, task_attempts")
+    from perflab import datasets
+
+    datasets.create_and_empty(dsn, SCHEMA, "emails_sent, email_dedupe, reports, task_runs, task_attempts")
 
 
 def configure(app: Celery, *, broker: str | None = None, queue: str | None = None, prefix: str | None = None,
@@ -73,7 +66,7 @@ def configure(app: Celery, *, broker: str | None = None, queue: str | None = Non
     env = os.environ
     broker = broker or env.get("PERFLAB_CELERY_BROKER")
     if not broker:
-        from . import stack
+        from perflab import stack
 
         broker = stack.ensure().redis_url
     prefix = prefix or env.get("PERFLAB_CELERY_PREFIX") or "perflab:celery:"

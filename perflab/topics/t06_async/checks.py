@@ -14,8 +14,8 @@ import asyncio
 import math
 import time
 
-from perflab import slowservice
-from perflab.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError, call_submitted
+from perflab.topics.t06_async import slowservice
+from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError, call_submitted
 
 LIMIT = 10
 N_ITEMS = 200

@@ -21,17 +21,12 @@ import numpy as np
 import psycopg
 
 from perflab import latency, probes
-from perflab.grader import Check, CheckResult, Exercise, LabSpec, SubmissionError, learner_code
+from perflab.topics.t03_tail_latency.rig import BIG, PAGE_SQL, PENDING_SQL, QUERIES, SMALL  # noqa: F401
+from perflab.grading.grader import Check, CheckResult, Exercise, LabSpec, SubmissionError, learner_code
 
 NAME = "TAIL_INDEXES"
-PAGE_SQL = ("SELECT id, created_at, status, total FROM orders WHERE customer_id = %s "
-            "ORDER BY total DESC LIMIT 20")
-PENDING_SQL = ("SELECT id, created_at, total FROM orders WHERE customer_id = %s AND status = 'pending' "
-               "ORDER BY created_at LIMIT 20")
-QUERIES = {"PAGE_SQL": PAGE_SQL, "PENDING_SQL": PENDING_SQL}
 REFERENCE = ["CREATE INDEX orders_tenant_largest_idx ON orders (customer_id, total)",
              "CREATE INDEX orders_tenant_pending_idx ON orders (customer_id, created_at) WHERE status = 'pending'"]
-BIG, SMALL = 1, tuple(range(1500, 1540))   # the big tenant; forty small ones
 MAX_INDEXES = 2
 SIZE_ALLOWANCE = 1.5          # total size of the new indexes vs the reference's
 READ_ALLOWANCE = 1.5          # rows read for the big tenant vs the reference's (+ 50)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import random
 
 from perflab import complexity, harness
-from perflab.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, call_submitted
-from perflab.labchecks.common import WrongAnswer, measure_gated
+from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, call_submitted
+from perflab.grading.contracts import WrongAnswer, measure_gated
 from perflab.memory import frozen_heap
 
 MAX_SLOPE = 1.2

@@ -4,7 +4,7 @@ The async lesson needs something to wait for: a dependency that answers each req
 delay, sometimes fails, and can say afterwards how much concurrency it actually saw. The client's
 own view ("I started 200 tasks") is not evidence; the server's count of requests in flight is.
 
-    from perflab import slowservice
+    from perflab.topics.t06_async import slowservice
 
     with slowservice.running(latency_ms=50) as svc:     # a separate process, on a free port
         svc.url                      # http://127.0.0.1:PORT
@@ -24,7 +24,7 @@ Behaviour, all deterministic so that a grader can know the right answer:
 
 Why a separate process: the client under test runs its own event loop; a server sharing its process
 would share its GIL and its loop's scheduling, and its latency would depend on the client's load.
-Run it directly: ``python -m perflab.slowservice --latency-ms 50``; it prints ``listening <port>``.
+Run it directly: ``python -m perflab.topics.t06_async.slowservice --latency-ms 50``; it prints ``listening <port>``.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ import time
 import urllib.request
 from typing import Iterator
 
-from . import paths
+from perflab import paths
 
 __all__ = ["running", "SlowService", "item_value", "item_fails", "item_latency_s", "ServiceError"]
 
@@ -173,7 +173,7 @@ async def _serve(config: _Config, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m perflab.slowservice", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perflab.topics.t06_async.slowservice", description=__doc__.splitlines()[0])
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--failure-rate", type=float, default=0.0)
@@ -265,7 +265,7 @@ def start(latency_ms: float = 50.0, *, jitter_ms: float = 0.0, failure_rate: flo
         raise ValueError(f"failure_rate is a share between 0 and 1, not {failure_rate!r}")
     errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: nobody has to drain it
     process = subprocess.Popen(
-        [sys.executable, "-m", "perflab.slowservice", "--latency-ms", str(latency_ms), "--jitter-ms",
+        [sys.executable, "-m", "perflab.topics.t06_async.slowservice", "--latency-ms", str(latency_ms), "--jitter-ms",
          str(jitter_ms), "--failure-rate", str(failure_rate), "--seed", str(seed), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=errors, text=True, cwd=str(paths.ROOT),
     )
