@@ -822,9 +822,9 @@ def _indent(text: str) -> str:
 # A lesson's background jobs run in a real `celery worker` process against the stack's Redis. The
 # worker is started by one call, its pid and log live under .perflab/celery/, and it is stopped by
 # the `with` block that started it, by `stack.down()` (`make down`) and, as a last resort, when the
-# Python process that started it exits. Configuration reaches the worker through environment
-# variables that the course's Celery apps read (perflab.topics.t08_offload.tasks.configure): PERFLAB_CELERY_BROKER,
-# PERFLAB_CELERY_PREFIX, PERFLAB_CELERY_QUEUE, PERFLAB_CELERY_ACKS_LATE.
+# Python process that started it exits. The stack knows no app's configuration: it runs
+# `celery -A <app> worker` on one queue, with the environment it is given (``env``); the app reads its
+# own variables from there (a topic's rig decides what they are).
 
 def _celery_dir() -> Path:
     return paths.STATE_DIR / "celery"
@@ -840,7 +840,6 @@ class CeleryWorker:
     pid: int
     concurrency: int
     pool: str
-    acks_late: bool
     log_file: Path
     state_file: Path
     process: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
@@ -918,17 +917,14 @@ def _stop_workers_at_exit() -> None:
 
 
 def start_celery_worker(app: str, *, queue: str, concurrency: int = 4, pool: str = "threads",
-                        acks_late: bool = False, name: str | None = None, prefix: str | None = None,
-                        env: dict | None = None, loglevel: str = "INFO", ready_timeout: float = 30.0) -> CeleryWorker:
-    """Start ``celery -A app worker`` on the stack's Redis, consuming ``queue``; return when it is ready.
-
-    ``acks_late`` is passed to the app as PERFLAB_CELERY_ACKS_LATE; ``prefix`` (PERFLAB_CELERY_PREFIX)
-    namespaces every key the broker and the result backend write, so runs sharing the server never
-    see each other's queues. Prefer :func:`celery_worker` (a ``with`` block that always stops it).
+                        name: str | None = None, env: dict | None = None, loglevel: str = "INFO",
+                        ready_timeout: float = 30.0) -> CeleryWorker:
+    """Start ``celery -A app worker`` consuming ``queue``, with ``env`` added to this process's
+    environment (the app's own configuration: its broker, say); return when it is ready. The repository
+    is on its PYTHONPATH. Prefer :func:`celery_worker` (a ``with`` block that always stops it).
     """
     import atexit
 
-    running = ensure()
     name = name or f"perflab-{secrets.token_hex(3)}"
     folder = _celery_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -937,14 +933,7 @@ def start_celery_worker(app: str, *, queue: str, concurrency: int = 4, pool: str
     pid_file = folder / f"{name}.pid"
     pid_file.unlink(missing_ok=True)
     worker_env = dict(os.environ)
-    worker_env.update({
-        "PERFLAB_CELERY_BROKER": running.redis_url,
-        "PERFLAB_CELERY_QUEUE": queue,
-        "PERFLAB_CELERY_ACKS_LATE": "1" if acks_late else "0",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(paths.ROOT), os.environ.get("PYTHONPATH")])),
-    })
-    if prefix:
-        worker_env["PERFLAB_CELERY_PREFIX"] = prefix
+    worker_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.ROOT), os.environ.get("PYTHONPATH")]))
     worker_env.update(env or {})
     command = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool,
                "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--queues", queue,
@@ -957,9 +946,9 @@ def start_celery_worker(app: str, *, queue: str, concurrency: int = 4, pool: str
                                    stderr=subprocess.STDOUT, start_new_session=True)
     state_file = folder / f"{name}.json"
     worker = CeleryWorker(name=name, app=app, queue=queue, pid=process.pid, concurrency=concurrency, pool=pool,
-                          acks_late=acks_late, log_file=log_file, state_file=state_file, process=process)
+                          log_file=log_file, state_file=state_file, process=process)
     state_file.write_text(json.dumps({"name": name, "app": app, "queue": queue, "pid": process.pid,
-                                      "concurrency": concurrency, "pool": pool, "acks_late": acks_late,
+                                      "concurrency": concurrency, "pool": pool,
                                       "log_file": str(log_file), "started": time.time()}, indent=2))
     if not _STARTED_HERE:
         atexit.register(_stop_workers_at_exit)
@@ -974,7 +963,7 @@ def start_celery_worker(app: str, *, queue: str, concurrency: int = 4, pool: str
 
 @contextlib.contextmanager
 def celery_worker(app: str, **kwargs) -> Iterator[CeleryWorker]:
-    """``with stack.celery_worker("perflab.topics.t08_offload.tasks", queue=q, concurrency=4, acks_late=True) as w:`` —
+    """``with stack.celery_worker("some.module", queue=q, concurrency=4, env={...}) as w:`` —
     a real worker for the block; stopped (and its pool reaped) when the block ends, whatever happens."""
     worker = start_celery_worker(app, **kwargs)
     try:
@@ -1002,7 +991,7 @@ def stop_celery_workers() -> list[str]:
     for info in celery_workers():
         worker = CeleryWorker(name=info["name"], app=info.get("app", ""), queue=info.get("queue", ""),
                               pid=info["pid"], concurrency=info.get("concurrency", 0), pool=info.get("pool", ""),
-                              acks_late=info.get("acks_late", False), log_file=Path(info.get("log_file", "")),
+                              log_file=Path(info.get("log_file", "")),
                               state_file=_celery_dir() / f"{info['name']}.json")
         if not info["alive"]:
             worker._forget()  # a record left by a crash: nothing to stop, nothing to report

@@ -4,7 +4,7 @@ The submission is three answers: ``create_order(conn, celery_app, order_id)`` (t
 ``POST /orders/{order_id}``, returning ``(status, body)``), ``process_order_once(conn, order_id)``
 (the job: email, report, save) and ``WORKER_SETTINGS`` (a dict of Celery settings). The grader
 writes the learner's task body into a throwaway module registered as a Celery task
-(``perflab.offload``), runs it in real ``celery worker`` processes on the course's Redis (its own
+(:mod:`perflab.topics.t08_rig.rig`, which the notebook uses too), runs it in real ``celery worker`` processes on the course's Redis (its own
 queue and key prefix) and counts every effect in its own copy of the database:
 
 * **offload** — one order answers 202 with a task id, and the job runs in the worker; under an
@@ -24,27 +24,21 @@ waited for it).
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import time
 
 from perflab import stack
-from perflab.topics.t08_offload import offload
+from perflab.topics.t08_offload import rig
 from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, RecordedFunction, SubmissionError
 
 RATE = 20  # orders per second, open loop: more than the inline endpoint's 4 threads can finish (16/s)
 DURATION = 2.0
 P50_FRACTION = 0.2  # the endpoint's p50 under load, as a share of the inline version's (same run)
-P50_BOUND_MS = offload.WORK_S * 1000 / 2  # below half a job: the response did not wait for the work
+P50_BOUND_MS = rig.WORK_S * 1000 / 2  # below half a job: the response did not wait for the work
 MAX_LATE_SEND_MS = 250  # the load generator's own lag beyond this: the machine is too busy to judge
 JOBS = 12
 MIN_VISIBILITY_S = 1.0
 
-# What the learner's functions may use without importing (the lab says so); the worker module has
-# the same names.
-NAMESPACE = {"TASK_NAME": offload.TASK_NAME, "WORK_S": offload.WORK_S,
-             "send_confirmation_email": offload.send_confirmation_email, "build_report": offload.build_report,
-             "json": json, "os": os, "time": time, "secrets": secrets}
+# What the learner's functions may use without importing (the lab says so); the worker has the same names.
+NAMESPACE = rig.job_namespace()
 
 IDEMPOTENT_HINT = ("Make process_order_once idempotent: claim the order's dedupe key (INSERT INTO email_claims "
                    "(order_id) VALUES (%s) ON CONFLICT DO NOTHING RETURNING order_id) in the same transaction "
@@ -67,15 +61,15 @@ def _settings(ctx) -> dict:
     settings = ctx.answers["WORKER_SETTINGS"]
     if isinstance(settings, RecordedFunction):
         raise SubmissionError("WORKER_SETTINGS should be a dict of Celery settings, not a function")
-    problems = offload.check_settings(settings)
+    problems = rig.check_settings(settings)
     if problems:
         raise SubmissionError("WORKER_SETTINGS: " + "; ".join(problems))
-    vis = offload.visibility_timeout(settings)
+    vis = rig.visibility_timeout(settings)
     if vis is not None and vis < MIN_VISIBILITY_S:
         raise SubmissionError(
             f"WORKER_SETTINGS: a visibility_timeout of {vis:g} s is shorter than a job may wait and run: the "
             "broker would hand healthy, still-running jobs to a second worker. Keep it longer than your longest "
-            f"task (here a job takes {offload.WORK_S:g} s; in production: the longest task, ETA included)")
+            f"task (here a job takes {rig.WORK_S:g} s; in production: the longest task, ETA included)")
     return settings
 
 
@@ -104,7 +98,7 @@ def _plural(n: int, one: str, many: str | None = None) -> str:
 
 def answers_202(ctx) -> CheckResult:
     handler, body = _handler(ctx), _task_body(ctx)
-    one = _run(offload.one_order, handler, body, ctx.dsn)
+    one = _run(rig.one_order, handler, body, ctx.dsn)
     if one.status == 500:
         return CheckResult.fail(f"POST /orders/single-1 answered 500: create_order raised "
                                 f"{one.body.get('error') if isinstance(one.body, dict) else one.body}")
@@ -121,29 +115,30 @@ def answers_202(ctx) -> CheckResult:
         return CheckResult.fail(
             f"the task {one.body['task_id']} ended in state {one.state} and the job "
             f"{'ran' if one.ran_in_worker else 'did not run'} in the worker: send the task named TASK_NAME "
-            f"({offload.TASK_NAME!r}) with args=[order_id]")
+            f"({rig.TASK_NAME!r}) with args=[order_id]")
     return CheckResult.ok(f"202 in {one.answered_ms:.0f} ms with a task id; GET /tasks/<id> reached SUCCESS "
                           "and the job ran in the worker")
 
 
 def p50_under_load(ctx) -> CheckResult:
     handler, body = _handler(ctx), _task_body(ctx)
-    run = _run(offload.endpoint_under_load, handler, body, ctx.dsn, rate=RATE, duration=DURATION)
-    details = {"inline_p50_ms": round(run.inline.p50_ms, 1), "p50_ms": round(run.submission.p50_ms, 1),
-               "p99_ms": round(run.submission.p99_ms, 1), "fraction": round(run.fraction, 3)}
-    statuses = run.submission.requests.status.astype(str).value_counts().to_dict()
-    if run.inline.p50_ms < offload.WORK_S * 1000 or max(run.inline.late_sends_ms, run.submission.late_sends_ms) > MAX_LATE_SEND_MS:
-        raise Inconclusive(f"the load itself did not run as scheduled here (inline p50 {run.inline.p50_ms:.0f} ms; "
-                           f"the generator up to {max(run.inline.late_sends_ms, run.submission.late_sends_ms):.0f} ms "
+    run = _run(rig.endpoint_under_load, {"inline (reference)": rig.inline_reference, "your create_order": handler},
+               body, ctx.dsn, rate=RATE, duration=DURATION)
+    details = {"inline_p50_ms": round(run.baseline.p50_ms, 1), "p50_ms": round(run.candidate.p50_ms, 1),
+               "p99_ms": round(run.candidate.p99_ms, 1), "fraction": round(run.fraction, 3)}
+    statuses = run.candidate.requests.status.astype(str).value_counts().to_dict()
+    if run.baseline.p50_ms < rig.WORK_S * 1000 or max(run.baseline.late_sends_ms, run.candidate.late_sends_ms) > MAX_LATE_SEND_MS:
+        raise Inconclusive(f"the load itself did not run as scheduled here (inline p50 {run.baseline.p50_ms:.0f} ms; "
+                           f"the generator up to {max(run.baseline.late_sends_ms, run.candidate.late_sends_ms):.0f} ms "
                            "late): the machine is too busy; rerun the grader")
     bad = {k: v for k, v in statuses.items() if not k.startswith("2")}
     if bad:
         return CheckResult.fail(f"under load, {sum(bad.values())} of {run.orders} requests failed ({bad}): "
                                 "every POST /orders must succeed", **details)
-    verdict = (f"open loop, {RATE} orders/s for {DURATION:g} s: p50 {run.submission.p50_ms:,.1f} ms "
-               f"(p99 {run.submission.p99_ms:,.0f} ms) vs {run.inline.p50_ms:,.0f} ms for the inline version in the "
+    verdict = (f"open loop, {RATE} orders/s for {DURATION:g} s: p50 {run.candidate.p50_ms:,.1f} ms "
+               f"(p99 {run.candidate.p99_ms:,.0f} ms) vs {run.baseline.p50_ms:,.0f} ms for the inline version in the "
                f"same run ({run.fraction:.3f} of it)")
-    if run.submission.p50_ms > P50_FRACTION * run.inline.p50_ms or run.submission.p50_ms > P50_BOUND_MS:
+    if run.candidate.p50_ms > P50_FRACTION * run.baseline.p50_ms or run.candidate.p50_ms > P50_BOUND_MS:
         return CheckResult.fail(
             f"{verdict}; at most {P50_FRACTION:g} of the inline p50 and under {P50_BOUND_MS:.0f} ms (half a job) is "
             "expected. The response still waits for the work: enqueue the job and answer 202 right away", **details)
@@ -161,7 +156,7 @@ def p50_under_load(ctx) -> CheckResult:
 def _lost_message(delivery, settings: dict) -> str:
     """Why jobs were lost when the whole worker was killed."""
     n, total = len(delivery.lost), len(delivery.orders)
-    vis = offload.visibility_timeout(settings)
+    vis = rig.visibility_timeout(settings)
     if not settings.get("task_acks_late"):
         running = min(delivery.killed, n)
         reserved = (f", and the {n - running} it had reserved but not started are left unacknowledged until the "
@@ -169,12 +164,12 @@ def _lost_message(delivery, settings: dict) -> str:
         return (f"{n} of {total} jobs were lost when the worker was killed: with early acks (Celery's default) a "
                 f"task is acknowledged as soon as it starts, so the {running} jobs it was running died with it"
                 f"{reserved} — set \"task_acks_late\": True, so that a task is acknowledged only when it returns")
-    if vis is None or vis > offload.REDELIVERY_WAIT_S:
+    if vis is None or vis > rig.REDELIVERY_WAIT_S:
         shown = "one hour, Redis' default" if vis is None else f"{vis:g} s"
         return (f"{n} of {total} jobs had not come back {delivery.waited_s:.0f} s after the worker was killed: with late "
                 "acks they wait, unacknowledged, until the Redis broker's visibility_timeout expires "
                 f"({shown}). Set \"broker_transport_options\": {{\"visibility_timeout\": a few seconds}} — longer "
-                f"than any job runs, shorter than the grader's {offload.REDELIVERY_WAIT_S:g} s wait")
+                f"than any job runs, shorter than the grader's {rig.REDELIVERY_WAIT_S:g} s wait")
     return (f"{n} of {total} jobs were lost when the worker was killed ({delivery.pending} still held by the broker "
             f"after {delivery.waited_s:.0f} s)")
 
@@ -198,7 +193,7 @@ def _effect_problems(delivery) -> list[str]:
 
 def survives_worker_kill(ctx) -> CheckResult:
     settings, body = _settings(ctx), _task_body(ctx)
-    delivery = _run(offload.kill_worker_mid_run, body, settings, ctx.dsn, jobs=JOBS)
+    delivery = _run(rig.kill_worker_mid_run, body, settings, ctx.dsn, jobs=JOBS)
     details = delivery.summary()
     if delivery.killed == 0:
         raise Inconclusive("no job was running when the worker was killed (this machine is very slow?); rerun")
@@ -218,7 +213,7 @@ def survives_worker_kill(ctx) -> CheckResult:
 
 def survives_pool_process_kill(ctx) -> CheckResult:
     settings, body = _settings(ctx), _task_body(ctx)
-    delivery = _run(offload.kill_pool_process, body, settings, ctx.dsn)
+    delivery = _run(rig.kill_pool_process, body, settings, ctx.dsn)
     details = delivery.summary()
     if delivery.killed == 0:
         raise Inconclusive("the pool process had finished its job before it was killed; rerun")
@@ -251,7 +246,7 @@ def survives_pool_process_kill(ctx) -> CheckResult:
 
 def duplicate_has_one_effect(ctx) -> CheckResult:
     body = _task_body(ctx)
-    delivery = _run(offload.submit_duplicates, body, offload.REFERENCE_SETTINGS, ctx.dsn)
+    delivery = _run(rig.submit_duplicates, body, rig.LATE_ACKS, ctx.dsn)
     order = delivery.orders[0]
     emails, reports = delivery.emails.get(order, 0), delivery.reports.get(order, 0)
     details = delivery.summary()
@@ -275,7 +270,7 @@ def duplicate_has_one_effect(ctx) -> CheckResult:
 LAB = LabSpec(
     id="08",
     title="Offload the slow work, and lose nothing",
-    solution="08_celery_offload.ipynb",
+    solution="08_celery_rig.ipynb",
     cell_timeout=180,
     total_timeout=600,
     exercises=[
