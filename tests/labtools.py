@@ -1,24 +1,152 @@
-"""What the lab tests share: a submission made from a solution with one cell replaced, and outcomes by name."""
+"""What the lab tests share.
+
+* :data:`LABS`: every lab, found from ``solutions/NN_*.ipynb`` (a new lab is tested by construction);
+* :func:`graded`: a lab's solution or starter, graded once per test run (``tests/test_labs.py`` and a
+  lab's own test file share the report);
+* :func:`submission`: the solution with some answer cells replaced (a slow-but-right or a
+  fast-but-wrong answer), to be graded; :func:`judge`: the solution's answers with some replaced,
+  judged by a few checks directly (what the grader does after running a notebook: seconds, not a run);
+* :func:`expect`: a table of the outcome each check must have, ``{check: passes() | fails("phrase") | SLOW}``.
+"""
+from __future__ import annotations
+
+import ast
+import atexit
+import shutil
+import tempfile
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import nbformat
 
+from perflab import paths
+from perflab.grading import grader
+from perflab.grading.grader import GradingContext, RecordedFunction
 
-def submission(solution: Path, tmp_path: Path, is_answer_cell: Callable[[str], bool], source: str) -> Path:
-    """The solution notebook with its (first) answer cell matching ``is_answer_cell`` replaced by ``source``."""
-    notebook = nbformat.read(solution, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code" and is_answer_cell(cell.source):
-            cell.source = source
-            break
-    else:
-        raise AssertionError(f"no matching answer cell in {solution.name}")
-    target = tmp_path / f"{solution.name[:2]}_submission.ipynb"
+LABS = sorted(p.name[:2] for p in paths.SOLUTIONS_DIR.glob("[0-9][0-9]_*.ipynb"))
+# The exercises a lab's starter already completes, as it stands: nothing to fix there until another
+# exercise is done. Every other exercise of every lab needs work (tests/test_labs.py checks both ways).
+STARTER_COMPLETES = {"07": {"invalidation"}}  # no cache yet, so nothing can be stale
+
+
+def solution(lab: str) -> Path:
+    return next(paths.SOLUTIONS_DIR.glob(f"{lab}_*.ipynb"))
+
+
+def starter(lab: str) -> Path:
+    return paths.LABS_DIR / solution(lab).name
+
+
+_GRADED: dict = {}
+
+
+def graded(lab: str, which: str):
+    """``grader.grade`` of the lab's ``"solution"`` or ``"starter"``, once per test run; its out_dir
+    (executed notebook, report.txt, results.json) is ``report.out_dir``."""
+    if (lab, which) not in _GRADED:
+        path = {"solution": solution, "starter": starter}[which](lab)
+        out = Path(tempfile.mkdtemp(prefix=f"perflab-lab{lab}-{which}-"))
+        atexit.register(shutil.rmtree, out, True)
+        report = grader.grade(path, out_dir=out)
+        report.out_dir = out
+        _GRADED[(lab, which)] = report
+    return _GRADED[(lab, which)]
+
+
+def submission(lab: str, tmp_path: Path, answers: dict, name: str = "submission") -> Path:
+    """The lab's solution with answer cells replaced: ``{match: source}``, where ``match`` is a string the
+    cell contains (along with ``BEGIN SOLUTION``) or a predicate on the cell's source, and ``source`` the
+    new cell, or a function of the old one."""
+    notebook = nbformat.read(solution(lab), as_version=4)
+    for match, source in answers.items():
+        found = match if callable(match) else (lambda cell, m=match: m in cell and "BEGIN SOLUTION" in cell)
+        cell = next((c for c in notebook.cells if c.cell_type == "code" and found(c.source)), None)
+        assert cell is not None, f"no answer cell matching {match!r} in {solution(lab).name}"
+        cell.source = source(cell.source) if callable(source) else source
+    target = tmp_path / f"{lab}_{name}.ipynb"
     nbformat.write(notebook, target)
     return target
+
+
+def solution_answers(lab: str) -> dict:
+    """The solution's answers as the grader records them: functions as source, JSON values as values."""
+    answers = {}
+    for cell in nbformat.read(solution(lab), as_version=4).cells:
+        if cell.cell_type != "code" or "BEGIN SOLUTION" not in cell.source:
+            continue
+        for node in ast.parse(cell.source).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                answers[node.name] = RecordedFunction(node.name, textwrap.dedent(ast.get_source_segment(cell.source, node)))
+            elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                with_value = _literal(node.value)
+                if with_value is not None:
+                    answers[node.targets[0].id] = with_value[0]
+    return answers
+
+
+def _literal(node) -> tuple | None:
+    try:
+        return (ast.literal_eval(node),)
+    except ValueError:
+        return None
+
+
+def judge(lab: str, dsn: str, checks: list, **replaced) -> dict:
+    """Run only ``checks`` (keys ``(exercise, name)``) on the solution's answers with ``replaced`` swapped
+    in (source text for a function, else the value)."""
+    spec = grader.load_lab(lab)
+    answers = solution_answers(lab)
+    for name, value in replaced.items():
+        answers[name] = RecordedFunction(name, textwrap.dedent(value).strip() + "\n") if isinstance(value, str) else value
+    ctx = GradingContext(lab=spec, submission=Path(f"{lab}_variant.ipynb"), answers=answers, answer_errors={}, dsn=dsn)
+    return {(exercise.name, check.name): grader._run_check(exercise, check, ctx)
+            for exercise in spec.exercises for check in exercise.checks if (exercise.name, check.name) in checks}
 
 
 def outcomes(report) -> dict:
     """Every check's outcome, keyed by (exercise, check name)."""
     return {(exercise.name, check.name): check for exercise in report.exercises for check in exercise.checks}
+
+
+@dataclass(frozen=True)
+class Expected:
+    statuses: frozenset
+    says: tuple = ()  # phrases the message must contain
+
+    def problem(self, outcome) -> str | None:
+        if outcome.status not in self.statuses:
+            return f"{outcome.status}, not {'/'.join(sorted(self.statuses))}: {outcome.message}"
+        missing = [phrase for phrase in self.says if phrase not in outcome.message]
+        return f"the message lacks {missing}: {outcome.message}" if missing else None
+
+
+def passes(*says: str) -> Expected:
+    return Expected(frozenset({"passed"}), says)
+
+
+def fails(*says: str) -> Expected:
+    return Expected(frozenset({"failed"}), says)
+
+
+SLOW = Expected(frozenset({"failed", "inconclusive"}))  # a timed check on a slow answer (a noisy run: inconclusive)
+TIMED = Expected(frozenset({"passed", "inconclusive"}))  # a timed check on a fast answer: never "failed"
+
+
+def expect(judged, table: dict) -> dict:
+    """Assert every check in ``table`` (a key ``(exercise, name)``, or a check name alone) has its
+    expected outcome; ``judged`` is a report or :func:`judge`'s dict. Returns every outcome, by
+    ``(exercise, name)`` and by the table's own keys."""
+    found = dict(outcomes(judged) if hasattr(judged, "exercises") else judged)
+    problems = []
+    for key, expected in table.items():
+        matches = [o for k, o in list(found.items()) if k == key or k[1] == key]
+        if len(matches) != 1:
+            problems.append(f"{key}: {len(matches)} checks of that name")
+            continue
+        found[key] = matches[0]
+        if (problem := expected.problem(matches[0])) is not None:
+            problems.append(f"{key}: {problem}")
+    shown = judged.text() if hasattr(judged, "text") else ""
+    assert not problems, "\n".join(problems) + ("\n\n" + shown if shown else "")
+    return found

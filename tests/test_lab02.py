@@ -1,14 +1,12 @@
-"""Lab 02's grader: fails the starter, passes the solution, fails a right-but-slow and a fast-but-wrong answer."""
-from pathlib import Path
+"""Lab 02's own tables: the starter names each lazy load; a right-but-slow and a fast-but-wrong answer
+fail on the check that names their fault (tests/test_labs.py: the solution passes, the starter fails)."""
+from labtools import SLOW, expect, fails, graded, passes, submission
 
-
-from labtools import outcomes as checks_by_name, submission
-
-from perflab import paths
 from perflab.grading import grader
 
-SOLUTION = paths.SOLUTIONS_DIR / "02_n_plus_one.ipynb"
-STARTER = paths.LABS_DIR / "02_n_plus_one.ipynb"
+SAME = ("endpoint", "the same page as the original")
+BOUNDED = ("endpoint", "a bounded number of statements, independent of N")
+FASTER = ("endpoint", "faster than the original")
 
 PAGE = '''    return [{"order": o.id, "placed": o.created_at.isoformat(), "customer": o.customer.name,
              "tier": o.customer.tier, "total": str(o.total),
@@ -41,53 +39,23 @@ FAST_BUT_WRONG = '''def recent_orders_page(session, n):
 '''
 
 
-def _with_answer(tmp_path: Path, source: str) -> Path:
-    """The solution notebook with the answer cell replaced."""
-    return submission(SOLUTION, tmp_path, lambda cell: "def recent_orders_page" in cell and "BEGIN SOLUTION" in cell,
-                      source)
+def _grade(tmp_path, source: str):
+    return grader.grade(submission("02", tmp_path, {"def recent_orders_page": source}))
 
 
-SAME = ("endpoint", "the same page as the original")
-BOUNDED = ("endpoint", "a bounded number of statements, independent of N")
-FASTER = ("endpoint", "faster than the original")
-
-
-def test_solution_passes_every_check(tiny_data):
-    report = grader.grade(SOLUTION)
-    outcomes = checks_by_name(report)
-    assert outcomes[SAME].status == "passed", report.text()
-    assert outcomes[BOUNDED].status == "passed", report.text()
-    # Speed is judged only when the reference agrees with itself; a noisy run is "inconclusive — rerun"
-    # (exit code 3), never a pass or a fail.
-    assert outcomes[FASTER].status in ("passed", "inconclusive"), report.text()
-    assert report.exit_code == (0 if outcomes[FASTER].status == "passed" else 3)
-
-
-def test_starter_fails_and_names_each_lazy_load(tiny_data, tmp_path):
-    report = grader.grade(STARTER, out_dir=tmp_path)
-    assert not report.passed and report.exit_code == 1
-    outcomes = checks_by_name(report)
-    assert outcomes[SAME].status == "passed"
-    bounded = outcomes[BOUNDED]
-    assert bounded.status == "failed"
-    assert "statements for 20 orders" in bounded.message
-    for attribute in ("`order.customer`", "`order.items`", "`item.product`"):
-        assert f"{attribute} is lazy-loaded inside the loop" in bounded.message
-    assert outcomes[FASTER].status in ("failed", "inconclusive")
+def test_the_starter_names_each_lazy_load(tiny_data):
+    expect(graded("02", "starter"), {
+        SAME: passes(), FASTER: SLOW,
+        BOUNDED: fails("statements for 20 orders", *(f"{attribute} is lazy-loaded inside the loop"
+                                                     for attribute in ("`order.customer`", "`order.items`", "`item.product`"))),
+    })
 
 
 def test_right_but_slow_fails_the_statement_bound(tiny_data, tmp_path):
-    outcomes = checks_by_name(grader.grade(_with_answer(tmp_path, RIGHT_BUT_SLOW)))
-    assert outcomes[SAME].status == "passed"
-    bounded = outcomes[BOUNDED]
-    assert bounded.status == "failed"
-    assert "`item.product` is lazy-loaded inside the loop" in bounded.message
-    assert "`order.customer`" not in bounded.message
+    found = expect(_grade(tmp_path, RIGHT_BUT_SLOW), {
+        SAME: passes(), BOUNDED: fails("`item.product` is lazy-loaded inside the loop")})
+    assert "`order.customer`" not in found[BOUNDED].message
 
 
 def test_fast_but_wrong_fails_correctness(tiny_data, tmp_path):
-    outcomes = checks_by_name(grader.grade(_with_answer(tmp_path, FAST_BUT_WRONG)))
-    same = outcomes[SAME]
-    assert same.status == "failed" and "limits *rows*" in same.message
-    assert outcomes[BOUNDED].status == "passed"
-    assert outcomes[FASTER].status == "failed"
+    expect(_grade(tmp_path, FAST_BUT_WRONG), {SAME: fails("limits *rows*"), BOUNDED: passes(), FASTER: fails()})

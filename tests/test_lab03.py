@@ -1,53 +1,32 @@
-"""Lab 03's grader: fails the starter, passes the solution, fails a right-but-slow and an index-everything answer."""
-from pathlib import Path
+"""Lab 03's own tables: the starter's reasons, a right-but-slow and an index-everything answer, and a
+statement that is not an index (tests/test_labs.py: the solution passes, the starter fails)."""
+from labtools import SLOW, TIMED, expect, fails, graded, passes, submission
 
-
-from labtools import outcomes as checks_by_name, submission
-
-from perflab import paths
 from perflab.grading import grader
-
-SOLUTION = paths.SOLUTIONS_DIR / "03_tail_latency.ipynb"
-STARTER = paths.LABS_DIR / "03_tail_latency.ipynb"
 
 BUDGET = ("tail", "only indexes on orders, within the budget")
 PLANS = ("tail", "plans read few rows for the big tenant, no Seq Scan")
 P99 = ("tail", "the big tenant's p99 close to the small tenants'")
 
 
-def _with_answer(tmp_path: Path, source: str) -> Path:
-    return submission(SOLUTION, tmp_path, lambda cell: "TAIL_INDEXES =" in cell and "BEGIN SOLUTION" in cell, source)
+def _grade(tmp_path, source: str):
+    return grader.grade(submission("03", tmp_path, {"TAIL_INDEXES =": source}))
 
 
-def test_solution_passes_every_check(tiny_data):
-    report = grader.grade(SOLUTION)
-    outcomes = checks_by_name(report)
-    assert outcomes[BUDGET].status == "passed", report.text()
-    assert outcomes[PLANS].status == "passed", report.text()
+def test_the_solution_passes_on_counted_checks(tiny_data):
     # p99 is judged only on a quiet run; a noisy one is "inconclusive — rerun", never a pass or a fail
-    assert outcomes[P99].status in ("passed", "inconclusive"), report.text()
-    assert report.passed or outcomes[P99].status == "inconclusive"
+    expect(graded("03", "solution"), {BUDGET: passes(), PLANS: passes(), P99: TIMED})
 
 
-def test_starter_fails(tiny_data, tmp_path):
-    report = grader.grade(STARTER, out_dir=tmp_path)
-    assert not report.passed and report.exit_code == 1
-    outcomes = checks_by_name(report)
-    assert outcomes[BUDGET].status == "failed" and "creates no index" in outcomes[BUDGET].message
-    assert outcomes[PLANS].status == "failed" and "rows of orders" in outcomes[PLANS].message
-    assert outcomes[P99].status in ("failed", "inconclusive")
+def test_the_starter_fails_with_the_reasons(tiny_data):
+    expect(graded("03", "starter"), {BUDGET: fails("creates no index"), PLANS: fails("rows of orders"), P99: SLOW})
 
 
 def test_right_but_slow_fails_on_rows_read(tiny_data, tmp_path):
     """Indexes on the right columns in an order that cannot serve ORDER BY … LIMIT: the big tenant still sorts."""
     slow = ('TAIL_INDEXES = ["CREATE INDEX orders_cs_idx ON orders (customer_id, status)", '
             '"CREATE INDEX orders_pending_idx ON orders (customer_id) WHERE status = \'pending\'"]')
-    report = grader.grade(_with_answer(tmp_path, slow))
-    outcomes = checks_by_name(report)
-    assert outcomes[BUDGET].status == "passed"
-    plans = outcomes[PLANS]
-    assert plans.status == "failed" and "big tenant" in plans.message and "rows of orders" in plans.message
-    assert outcomes[P99].status in ("failed", "inconclusive")
+    expect(_grade(tmp_path, slow), {BUDGET: passes(), PLANS: fails("big tenant", "rows of orders"), P99: SLOW})
 
 
 def test_index_everything_fails_the_budget(tiny_data, tmp_path):
@@ -55,13 +34,8 @@ def test_index_everything_fails_the_budget(tiny_data, tmp_path):
                   '"CREATE INDEX b ON orders (customer_id, status, created_at)", '
                   '"CREATE INDEX c ON orders (status, customer_id, created_at)", '
                   '"CREATE INDEX d ON orders (customer_id, created_at) WHERE status = \'pending\'"]')
-    outcomes = checks_by_name(grader.grade(_with_answer(tmp_path, everything)))
-    budget = outcomes[BUDGET]
-    assert budget.status == "failed" and "the budget is 2" in budget.message
-    assert outcomes[PLANS].status == "passed"
+    expect(_grade(tmp_path, everything), {BUDGET: fails("the budget is 2"), PLANS: passes()})
 
 
 def test_not_an_index_is_refused(tiny_data, tmp_path):
-    evil = 'TAIL_INDEXES = ["DROP TABLE order_items"]'
-    outcomes = checks_by_name(grader.grade(_with_answer(tmp_path, evil)))
-    assert outcomes[BUDGET].status == "failed" and "CREATE INDEX" in outcomes[BUDGET].message
+    expect(_grade(tmp_path, 'TAIL_INDEXES = ["DROP TABLE order_items"]'), {BUDGET: fails("CREATE INDEX")})

@@ -1,17 +1,13 @@
-"""Lab 09's grader: passes the solution, fails the starter, a still-quadratic answer and a wrong one."""
-from pathlib import Path
-
-import nbformat
+"""Lab 09's own tables: the starter is right but quadratic; a still-quadratic and a wrong answer fail on
+the right checks; the counting type the deterministic checks rely on (tests/test_labs.py: the solution
+passes, the starter fails)."""
 import pytest
 
-from labtools import outcomes as checks_by_name
+from labtools import SLOW, expect, fails, graded, passes, submission
 
-from perflab import complexity, paths
+from perflab import complexity
 from perflab.grading import grader
 from perflab.topics.t09_structures import checks as lab09
-
-SOLUTION = paths.SOLUTIONS_DIR / "09_data_structures.ipynb"
-STARTER = paths.LABS_DIR / "09_data_structures.ipynb"
 
 SPEED = "at least 10x faster than the original at the largest size"
 COUNTS = "comparisons and hashes grow linearly (slope <= 1.2)"
@@ -30,59 +26,29 @@ def dedupe_events(events):
 '''
 
 
-def _with_answers(tmp_path: Path, replacements: dict[str, str]) -> Path:
-    """The solution notebook with some answer cells replaced."""
-    notebook = nbformat.read(SOLUTION, as_version=4)
-    for name, source in replacements.items():
-        for cell in notebook.cells:
-            if cell.cell_type == "code" and f"def {name}(" in cell.source and "BEGIN SOLUTION" in cell.source:
-                # Keep the cell's original_* function (the self-check uses it); replace the answer.
-                cell.source = cell.source.split("# BEGIN STARTER")[0] + source
-                break
-        else:
-            raise AssertionError(f"no answer cell for {name}")
-    target = tmp_path / "09_submission.ipynb"
-    nbformat.write(notebook, target)
-    return target
+def _keep_the_original(source: str):
+    """Replace a cell's answer, keeping its original_* function (the self-check uses it)."""
+    return lambda cell: cell.split("# BEGIN STARTER")[0] + source
 
 
-
-
-def test_solution_passes_every_check():
-    report = grader.grade(SOLUTION)
-    if report.status == "inconclusive":
-        # The grader's own verdict "too noisy to judge, rerun" (a busy CI machine): rerun once, as a learner would.
-        report = grader.grade(SOLUTION)
-    assert report.passed, report.text()
-
-
-def test_starter_is_right_but_quadratic(tmp_path):
-    report = grader.grade(STARTER, out_dir=tmp_path)
-    assert not report.passed and report.exit_code == 1, report.text()
-    outcomes = checks_by_name(report)
+def test_the_starter_is_right_but_quadratic():
+    report = graded("09", "starter")
     for exercise in ("vip", "dedupe"):
-        assert outcomes[(exercise, SAME)].status == "passed"
-        counted = outcomes[(exercise, COUNTS)]
-        assert counted.status == "failed" and "still quadratic" in counted.message, counted.message
-        assert 1.8 < counted.details["slope"] < 2.2
-        assert outcomes[(exercise, TIME)].status in ("failed", "inconclusive")
-        assert outcomes[(exercise, SPEED)].status in ("failed", "inconclusive")
-    assert "slope" in outcomes[("vip", COUNTS)].message and "n=250..2k" in outcomes[("vip", COUNTS)].message
+        found = expect(report, {(exercise, SAME): passes(), (exercise, COUNTS): fails("still quadratic"),
+                                (exercise, TIME): SLOW, (exercise, SPEED): SLOW})
+        assert 1.8 < found[(exercise, COUNTS)].details["slope"] < 2.2
+    expect(report, {("vip", COUNTS): fails("slope", "n=250..2k")})
 
 
 def test_still_quadratic_and_wrong_answers_fail_on_the_right_checks(tmp_path):
-    report = grader.grade(_with_answers(tmp_path, {"vip_orders": STILL_QUADRATIC_VIP, "dedupe_events": WRONG_DEDUPE}))
-    outcomes = checks_by_name(report)
-    # Still quadratic: correct, but the counts and the time say so.
-    assert outcomes[("vip", SAME)].status == "passed"
-    assert outcomes[("vip", COUNTS)].status == "failed"
-    assert "still quadratic" in outcomes[("vip", COUNTS)].message
-    assert outcomes[("vip", TIME)].status in ("failed", "inconclusive")
-    # Wrong: fails correctness, and its speed is not judged.
-    wrong = outcomes[("dedupe", SAME)]
-    assert wrong.status == "failed" and "order" in wrong.message, wrong.message
-    assert outcomes[("dedupe", SPEED)].status == "failed"
-    assert "not judged" in outcomes[("dedupe", SPEED)].message
+    answers = {"def vip_orders(": _keep_the_original(STILL_QUADRATIC_VIP),
+               "def dedupe_events(": _keep_the_original(WRONG_DEDUPE)}
+    expect(grader.grade(submission("09", tmp_path, answers)), {
+        # Still quadratic: correct, but the counts and the time say so.
+        ("vip", SAME): passes(), ("vip", COUNTS): fails("still quadratic"), ("vip", TIME): SLOW,
+        # Wrong: fails correctness, and its speed is not judged.
+        ("dedupe", SAME): fails("order"), ("dedupe", SPEED): fails("not judged"),
+    })
 
 
 # ------------------------------------------------------------------------------------------------
