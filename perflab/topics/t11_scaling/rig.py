@@ -174,6 +174,14 @@ def server_cpu_seconds(pid: int | None) -> float:
         return float("nan")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every program, all cores), from ``psutil.cpu_times()``."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def client_cpu_seconds() -> float:
     import psutil
 
@@ -254,7 +262,7 @@ def read_load(dsns: list[str], concurrency: int, seconds: float, *, pids: dict[s
         t.start()
     pids = pids or {}
     cpu0 = {name: server_cpu_seconds(pid) for name, pid in pids.items()}
-    client0 = client_cpu_seconds()
+    client0, machine0 = client_cpu_seconds(), machine_busy_seconds()
     began = time.perf_counter()
     stop_at[0] = began + seconds
     start.wait()
@@ -263,6 +271,7 @@ def read_load(dsns: list[str], concurrency: int, seconds: float, *, pids: dict[s
     wall = time.perf_counter() - began
     cpu = {name: server_cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
     client_cpu = client_cpu_seconds() - client0
+    machine_cpu = machine_busy_seconds() - machine0
     for row in conns:
         for conn in row:
             conn.close()
@@ -272,7 +281,8 @@ def read_load(dsns: list[str], concurrency: int, seconds: float, *, pids: dict[s
             "reads_per_s": reads / wall, "p50_ms": float(np.percentile(all_lat, 50)) if reads else math.nan,
             "p99_ms": float(np.percentile(all_lat, 99)) if reads else math.nan,
             "per_node": [sum(col) for col in zip(*per_node)],
-            **{f"cpu_{name}_s": value for name, value in cpu.items()}, "cpu_client_s": client_cpu}
+            **{f"cpu_{name}_s": value for name, value in cpu.items()}, "cpu_client_s": client_cpu,
+            "cpu_machine_s": machine_cpu}
 
 
 def concurrency_sweep(configs: dict[str, list[str]], levels: list[int], seconds: float, rounds: int,
@@ -297,7 +307,7 @@ def concurrency_sweep(configs: dict[str, list[str]], levels: list[int], seconds:
 
 def lag_under_writes(primary_dsn: str, replica_dsn: str, *, rate: float, seconds: float, sample_every: float = 0.02,
                      payload_bytes: int = 300, synchronous_commit: str = "off",
-                     burst_rows: int = 0) -> "pd.DataFrame":
+                     burst_rows: int = 0, pids: dict[str, int] | None = None) -> "pd.DataFrame":
     """Write ``rate`` small transactions per second on the primary for ``seconds`` while sampling, every
     ``sample_every`` s, how far behind the replica is:
 
@@ -305,7 +315,8 @@ def lag_under_writes(primary_dsn: str, replica_dsn: str, *, rate: float, seconds
     * ``lag_ms``: how long ago the oldest write the replica does not show yet was committed on the primary
       (0 when it shows them all): the staleness a reader of the replica sees, timed by one clock.
 
-    ``burst_rows`` > 0 adds one bulk insert of that many rows half-way through."""
+    ``burst_rows`` > 0 adds one bulk insert of that many rows half-way through. With ``pids`` (name ->
+    postmaster pid), the CPU seconds each server used during the run are in ``frame.attrs["cpu_s"]``."""
     import pandas as pd
     import psycopg
 
@@ -335,6 +346,7 @@ def lag_under_writes(primary_dsn: str, replica_dsn: str, *, rate: float, seconds
                                "FROM generate_series(1, %s)", (seq, payload_bytes, burst_rows))
                 burst_done = True
 
+    cpu0 = {name: server_cpu_seconds(pid) for name, pid in (pids or {}).items()}
     thread = threading.Thread(target=write_loop, daemon=True)
     thread.start()
     rows = []
@@ -355,8 +367,11 @@ def lag_under_writes(primary_dsn: str, replica_dsn: str, *, rate: float, seconds
         thread.join(5)
         for conn in (writer, p_probe, r_probe):
             conn.close()
+    wall = time.perf_counter() - began
     frame = pd.DataFrame(rows)
-    frame.attrs.update(rate=rate, writes=len(committed), seconds=seconds, synchronous_commit=synchronous_commit)
+    frame.attrs.update(rate=rate, writes=len(committed), seconds=seconds, synchronous_commit=synchronous_commit,
+                       cpu_s={name: server_cpu_seconds(pid) - cpu0[name] for name, pid in (pids or {}).items()},
+                       wall_s=wall)
     return frame
 
 
@@ -388,6 +403,8 @@ def ryw_trials(route: Callable, nodes: Nodes | None = None, *, sessions: int = 8
         nodes.reset_counts()
     stale = [0] * sessions
     reads = [0] * sessions
+    by_delay = {d: [0, 0] for d in read_after_ms}  # delay -> [reads, stale]
+    delay_lock = threading.Lock()
     read_lat: list[list[float]] = [[] for _ in range(sessions)]
     errors: list[BaseException] = []
     start = threading.Barrier(sessions + 1)
@@ -411,6 +428,9 @@ def ryw_trials(route: Callable, nodes: Nodes | None = None, *, sessions: int = 8
                     read_lat[i].append(time.perf_counter() - t0)
                     reads[i] += 1
                     got = rows[0][0] if rows else None
+                    with delay_lock:
+                        by_delay[delay][0] += 1
+                        by_delay[delay][1] += got != name
                     if got != name:
                         stale[i] += 1
         except BaseException as exc:  # noqa: BLE001 - reported by the caller
@@ -437,7 +457,8 @@ def ryw_trials(route: Callable, nodes: Nodes | None = None, *, sessions: int = 8
             "read p50 ms": float(np.percentile(lat, 50)) if total else math.nan,
             "read p99 ms": float(np.percentile(lat, 99)) if total else math.nan,
             "read mean ms": float(lat.mean()) if total else math.nan,
-            "wall s": wall, "errors": errors, "unfinished": sum(t.is_alive() for t in threads)}
+            "wall s": wall, "stale by delay": {d: f"{s}/{n}" for d, (n, s) in by_delay.items()},
+            "errors": errors, "unfinished": sum(t.is_alive() for t in threads)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,6 +531,14 @@ class USLFit:
     def predict_band(self, n) -> tuple[np.ndarray, np.ndarray]:
         curves = np.array([usl(n, *row) for row in self.samples])
         return np.percentile(curves, 2.5, axis=0), np.percentile(curves, 97.5, axis=0)
+
+    def capacity_projection(self, k: int, replay_share: float = 0.0) -> tuple[float, tuple[float, float]]:
+        """Peak reads per second of a primary and ``k − 1`` replicas, each a machine like this one at its own
+        peak, when each replica spends ``replay_share`` of its capacity replaying the primary's writes:
+        X_max·(1 + (k−1)(1 − replay_share)). Reads only, perfect routing; the bootstrap's 95% interval."""
+        factor = 1 + (k - 1) * (1 - replay_share)
+        peaks = np.array([self._peak(*row)[1] for row in self.samples])
+        return factor * self.peak[1], self.ci(factor * peaks)
 
     def nodes_projection(self, k: int, n_total) -> tuple[float, tuple[float, float]]:
         """Reads per second of ``k`` nodes, each a machine like this one running the same workload, with
