@@ -444,17 +444,21 @@ def _start_postgres(state: dict) -> None:
 
 
 def _stop_postgres(state: dict) -> str:
-    data_dir, _ = _pg_dirs()
+    return _stop_pg_server(_pg_dirs()[0], "PostgreSQL")
+
+
+def _stop_pg_server(data_dir: Path, label: str) -> str:
+    """``pg_ctl stop -m fast`` the server in ``data_dir`` (the primary's or the replica's)."""
     pid = _postmaster_pid(data_dir)
     if not pid or not _pid_alive(pid):
-        return "PostgreSQL: not running"
+        return f"{label}: not running"
     proc = subprocess.run(
         [str(pg_bin_dir() / "pg_ctl"), "stop", "-D", str(data_dir), "-m", "fast", "-w", "-t", "60"],
         capture_output=True, text=True, **_run_as_kwargs(),
     )
     if proc.returncode != 0 and _pid_alive(pid):
         os.kill(pid, signal.SIGQUIT)  # immediate shutdown; the next start recovers from WAL
-    return f"PostgreSQL: stopped (pid {pid})"
+    return f"{label}: stopped (pid {pid})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1312,17 +1316,7 @@ def _rebuild_replica(state: dict) -> str:
 
 
 def _stop_replica() -> str:
-    data_dir, _ = _replica_dirs()
-    pid = _postmaster_pid(data_dir)
-    if not pid or not _pid_alive(pid):
-        return "replica: not running"
-    proc = subprocess.run(
-        [str(pg_bin_dir() / "pg_ctl"), "stop", "-D", str(data_dir), "-m", "fast", "-w", "-t", "60"],
-        capture_output=True, text=True, **_run_as_kwargs(),
-    )
-    if proc.returncode != 0 and _pid_alive(pid):
-        os.kill(pid, signal.SIGQUIT)
-    return f"replica: stopped (pid {pid})"
+    return _stop_pg_server(_replica_dirs()[0], "replica")
 
 
 def replica_up(apply_delay_ms: int | None = None) -> tuple[Replica, list[str]]:

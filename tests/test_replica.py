@@ -106,3 +106,13 @@ def test_a_replica_of_someone_elses_server_is_refused_with_the_fix(monkeypatch, 
     monkeypatch.setenv("DATABASE_URL", course_stack.postgres.url)
     with pytest.raises(stack.StackError, match="PERFLAB_REPLICA_URL"):
         stack.replica_up()
+
+
+def test_the_latency_proxy_can_sit_in_front_of_the_replica(replica):
+    with replica.latency_proxy(rtt_ms=20) as proxy:
+        with psycopg.connect(proxy.url, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+            started = time.perf_counter()
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+            elapsed = time.perf_counter() - started
+    assert elapsed >= 0.018, f"a round trip through a 20 ms proxy took {elapsed * 1000:.1f} ms"
