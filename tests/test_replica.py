@@ -94,12 +94,31 @@ def test_kill_9_then_up_recovers(replica):
     recovered.catch_up(timeout=15)
 
 
-def test_stack_down_stops_the_replica_too(replica):
-    messages = stack.down()
-    assert any(m.startswith("replica: stopped") for m in messages), messages
-    assert not stack._pid_alive(replica.service.pid) or stack.replica_status()["health"] != "healthy"
-    stack.ensure()
-    assert stack.ensure_replica().lag()["state"] == "streaming"
+@pytest.fixture()
+def private_stack(tmp_path, monkeypatch):
+    """A stack of its own in a temporary folder, so `down` does not stop the servers other tests use."""
+    from perflab import paths
+
+    monkeypatch.setattr(paths, "STATE_DIR", tmp_path / "state")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("PERFLAB_REPLICA_URL", raising=False)
+    yield tmp_path / "state"
+    stack.down()
+
+
+def test_first_replica_switches_the_primary_once_and_down_stops_it_too(private_stack):
+    stack.up()
+    first, messages = stack.replica_up()
+    assert any("restarted once" in m for m in messages), messages  # wal_level minimal -> replica
+    assert any("created from a base backup" in m for m in messages), messages
+    assert str(private_stack) in first.service.data_dir
+    stopped = stack.down()
+    assert any(m.startswith("replica: stopped") for m in stopped), stopped
+    assert not stack._pid_alive(first.service.pid)
+    stack.up()
+    again, messages = stack.replica_up()
+    assert not any("restarted" in m or "base backup" in m for m in messages), messages  # resumes from its data
+    assert again.lag()["state"] == "streaming"
 
 
 def test_a_replica_of_someone_elses_server_is_refused_with_the_fix(monkeypatch, course_stack):
