@@ -31,6 +31,10 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
 def cmd_stack(args) -> int:
     from perflab import stack
 
+    if args.replica_action and args.action != "replica":
+        print(f"perflab: `stack {args.action}` takes no second word; did you mean `perflab stack replica "
+              f"{args.replica_action}`?", file=sys.stderr)
+        return 2
     if args.action == "up":
         _, messages = stack.up()
         print("\n".join(messages))
