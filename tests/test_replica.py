@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from perflab import stack
+from test_stack import private_stack  # noqa: F401 - a stack of its own in a temporary folder
 
 
 @pytest.fixture(scope="module")
@@ -94,19 +95,8 @@ def test_kill_9_then_up_recovers(replica):
     recovered.catch_up(timeout=15)
 
 
-@pytest.fixture()
-def private_stack(tmp_path, monkeypatch):
-    """A stack of its own in a temporary folder, so `down` does not stop the servers other tests use."""
-    from perflab import paths
-
-    monkeypatch.setattr(paths, "STATE_DIR", tmp_path / "state")
-    monkeypatch.delenv("DATABASE_URL", raising=False)
+def test_first_replica_switches_the_primary_once_and_down_stops_it_too(private_stack, monkeypatch):
     monkeypatch.delenv("PERFLAB_REPLICA_URL", raising=False)
-    yield tmp_path / "state"
-    stack.down()
-
-
-def test_first_replica_switches_the_primary_once_and_down_stops_it_too(private_stack):
     stack.up()
     first, messages = stack.replica_up()
     assert any("restarted once" in m for m in messages), messages  # wal_level minimal -> replica
@@ -114,6 +104,9 @@ def test_first_replica_switches_the_primary_once_and_down_stops_it_too(private_s
     assert str(private_stack) in first.service.data_dir
     stopped = stack.down()
     assert any(m.startswith("replica: stopped") for m in stopped), stopped
+    deadline = time.monotonic() + 5  # pg_ctl returns once postmaster.pid is gone, a moment before the process
+    while stack._pid_alive(first.service.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not stack._pid_alive(first.service.pid)
     stack.up()
     again, messages = stack.replica_up()
