@@ -1,6 +1,7 @@
 """The ``perflab`` command: the stack, the data, the course run, grading, labs.
 
     perflab stack up | down | status | env [--docker] | workers | stop-workers
+    perflab stack replica up | down | status [--apply-delay-ms MS]
     perflab data build [--scale S] [--force] | status | clean
     perflab run [--scale S] [NOTEBOOK ...]
     perflab grade SUBMISSION.ipynb [--lab NN] [--out DIR]
@@ -30,6 +31,10 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
 def cmd_stack(args) -> int:
     from perflab import stack
 
+    if args.replica_action and args.action != "replica":
+        print(f"perflab: `stack {args.action}` takes no second word; did you mean `perflab stack replica "
+              f"{args.replica_action}`?", file=sys.stderr)
+        return 2
     if args.action == "up":
         _, messages = stack.up()
         print("\n".join(messages))
@@ -48,6 +53,26 @@ def cmd_stack(args) -> int:
             print("no Celery workers running")
     elif args.action == "stop-workers":
         print("\n".join(stack.stop_celery_workers()) or "no Celery workers running")
+    elif args.action == "replica":
+        return cmd_stack_replica(args)
+    return 0
+
+
+def cmd_stack_replica(args) -> int:
+    """`perflab stack replica up|down|status [--apply-delay-ms MS]`: the read replica of the course server."""
+    from perflab import stack
+
+    what = args.replica_action or "status"
+    if what == "up":
+        replica, messages = stack.replica_up(args.apply_delay_ms)
+        print("\n".join(messages))
+        print(f"\nread from it with:  {replica.service.masked_url}")
+    elif what == "down":
+        print(stack.replica_down())
+    else:
+        row = stack.replica_status()
+        for key, value in row.items():
+            print(f"{key:>18}: {'-' if value is None else value}")
     return 0
 
 
@@ -174,7 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stack", help="start, stop and inspect the PostgreSQL/Redis servers")
-    p.add_argument("action", choices=["up", "down", "status", "env", "workers", "stop-workers"])
+    p.add_argument("action", choices=["up", "down", "status", "env", "workers", "stop-workers", "replica"])
+    p.add_argument("replica_action", nargs="?", choices=["up", "down", "status"],
+                   help="with replica: start, stop or inspect the read replica (default: status)")
+    p.add_argument("--apply-delay-ms", type=int, default=None,
+                   help="with replica up: the replica's recovery_min_apply_delay")
     p.add_argument("--docker", action="store_true", help="with env: the docker-compose stack's URLs")
     p.set_defaults(func=cmd_stack)
 

@@ -444,17 +444,21 @@ def _start_postgres(state: dict) -> None:
 
 
 def _stop_postgres(state: dict) -> str:
-    data_dir, _ = _pg_dirs()
+    return _stop_pg_server(_pg_dirs()[0], "PostgreSQL")
+
+
+def _stop_pg_server(data_dir: Path, label: str) -> str:
+    """``pg_ctl stop -m fast`` the server in ``data_dir`` (the primary's or the replica's)."""
     pid = _postmaster_pid(data_dir)
     if not pid or not _pid_alive(pid):
-        return "PostgreSQL: not running"
+        return f"{label}: not running"
     proc = subprocess.run(
         [str(pg_bin_dir() / "pg_ctl"), "stop", "-D", str(data_dir), "-m", "fast", "-w", "-t", "60"],
         capture_output=True, text=True, **_run_as_kwargs(),
     )
     if proc.returncode != 0 and _pid_alive(pid):
         os.kill(pid, signal.SIGQUIT)  # immediate shutdown; the next start recovers from WAL
-    return f"PostgreSQL: stopped (pid {pid})"
+    return f"{label}: stopped (pid {pid})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -659,6 +663,8 @@ def down() -> list[str]:
         state = _load_state()
         # Celery workers first (they hold connections to Redis); a line each, only if there were any.
         messages = stop_celery_workers()
+        if _replica_configured() and not _replica_override():
+            messages.append(_stop_replica())  # before its primary, which it would keep trying to reach
         if _override("DATABASE_URL"):
             messages.append("PostgreSQL: not ours (DATABASE_URL), left running")
         else:
@@ -700,6 +706,10 @@ def status() -> list[dict]:
             "pid": service.pid if service.managed else None,
             "data_dir": service.data_dir, "managed": service.managed, "health": health,
         })
+    if _replica_configured():
+        row = replica_status()
+        rows.append({key: row.get(key) for key in ("service", "version", "url", "pid", "data_dir", "health")}
+                    | {"managed": not _replica_override()})
     return rows
 
 
@@ -789,13 +799,13 @@ def terminate(process: subprocess.Popen, grace_seconds: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def latency_proxy(rtt_ms: float, target: str = "postgres") -> Iterator[LatencyProxy]:
-    """Put ``rtt_ms`` of network between the client and ``target`` ("postgres" or "redis").
+def latency_proxy(rtt_ms: float, target: "str | Service" = "postgres") -> Iterator[LatencyProxy]:
+    """Put ``rtt_ms`` of network between the client and ``target`` ("postgres", "redis", or a `Service`).
 
     ``with stack.latency_proxy(2) as p: psycopg.connect(p.dsn("perflab_small"))``
     """
     stack = ensure()
-    service = stack.postgres if target == "postgres" else stack.redis
+    service = target if isinstance(target, Service) else stack.postgres if target == "postgres" else stack.redis
     process = subprocess.Popen(
         [sys.executable, "-m", "perflab.proxy", "--target", f"{service.host}:{service.port}", "--rtt-ms", str(rtt_ms)],
         stdout=subprocess.PIPE, text=True, cwd=str(paths.ROOT),
@@ -998,3 +1008,441 @@ def stop_celery_workers() -> list[str]:
             continue
         messages.append(worker.stop(timeout=5))
     return messages
+
+
+# --------------------------------------------------------------------------------------------
+# A streaming read replica of the course server
+# --------------------------------------------------------------------------------------------
+#
+# A second PostgreSQL from the same pgserver wheel, made with `pg_basebackup` from the course server
+# and kept up to date by streaming replication: `perflab stack replica up|down|status`, and
+# `stack.ensure_replica()` / `with stack.replica(apply_delay_ms=…) as r:` for notebooks. Its data
+# folder is .perflab/replica/data; it listens on 127.0.0.1 on a free port; it connects to the primary
+# as a replication role with a generated password (its own pg_hba line). The primary is switched to
+# `wal_level = replica` on first use (ALTER SYSTEM, one restart; it stays so afterwards).
+
+REPLICA_ROLE = "perflab_replicator"
+REPLICA_APPLICATION_NAME = "perflab_replica"
+DEFAULT_REPLICA_PORT = 55832  # outside the primary's search span, so neither takes the other's port
+REPLICA_STREAMING_TIMEOUT = 30.0
+# What the primary needs to feed a replica, set by ALTER SYSTEM (postgresql.auto.conf wins over perflab.conf).
+PRIMARY_REPLICATION_SETTINGS = {
+    "wal_level": "replica",
+    "max_wal_senders": "10",
+    # WAL kept for a replica that is stopped or behind; beyond it the replica is rebuilt from a new base backup.
+    "wal_keep_size": "512MB",
+}
+# The replica's settings on top of the primary's (PG_SETTINGS), each with its reason.
+REPLICA_SETTINGS = {
+    "hot_standby": "on",  # read-only queries while it replays
+    "hot_standby_feedback": "on",  # the primary's VACUUM waits for the replica's reads instead of cancelling them
+    "wal_receiver_status_interval": "'1s'",  # report positions every second: pg_stat_replication stays current
+    "shared_buffers": "'128MB'",  # two servers share this machine's memory
+}
+_HBA_MARK = "# perflab: the replica's replication role"
+
+
+@dataclasses.dataclass(frozen=True)
+class Replica:
+    """A running read replica: its URL, the primary it follows, and how far behind it is."""
+
+    service: Service
+    primary: Service
+    apply_delay_ms: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.service.url
+
+    @property
+    def port(self) -> int:
+        return self.service.port
+
+    def dsn(self, dbname: str | None = None) -> str:
+        """The replica's URL for database ``dbname`` (the same names as on the primary)."""
+        return with_database(self.service.url, dbname) if dbname else self.service.url
+
+    def for_dsn(self, primary_dsn: str) -> str:
+        """The replica's URL for the database that ``primary_dsn`` names (e.g. ``lesson.dsn``)."""
+        return self.dsn(urlsplit(primary_dsn).path.lstrip("/") or None)
+
+    def lag(self) -> dict:
+        """Replication state and lag now: bytes not yet replayed, and the primary's view of the delay."""
+        return replica_lag(self)
+
+    def wait_for_lsn(self, lsn: str, timeout: float = 10.0, dbname: str | None = None) -> bool:
+        """Wait until the replica has replayed ``lsn`` (e.g. from ``pg_current_wal_insert_lsn()``)."""
+        deadline = time.monotonic() + timeout
+        with connect(dsn=self.dsn(dbname)) as conn:
+            while True:
+                if conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.002)
+
+    def catch_up(self, timeout: float = 30.0) -> None:
+        """Wait until the replica has replayed everything the primary has written so far."""
+        with connect(dsn=self.primary.url) as conn:
+            lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
+        if not self.wait_for_lsn(str(lsn), timeout):
+            raise StackError(f"the replica did not replay {lsn} within {timeout:g} s.\n"
+                             f"Fix: `perflab stack replica status` shows its state; log: {self.service.log_file}")
+
+    def set_apply_delay(self, ms: int) -> "Replica":
+        """Change ``recovery_min_apply_delay`` (a reload, no restart); returns the updated replica."""
+        return _set_replica_apply_delay(int(ms))
+
+    @contextlib.contextmanager
+    def latency_proxy(self, rtt_ms: float) -> Iterator[LatencyProxy]:
+        """``rtt_ms`` of network between the client and the replica (the same relay as the primary's)."""
+        with latency_proxy(rtt_ms, target=self.service) as proxy:
+            yield proxy
+
+
+def _replica_dirs() -> tuple[Path, Path]:
+    base = paths.STATE_DIR / "replica"
+    return base / "data", base / "server.log"
+
+
+def _replica_override() -> str | None:
+    return _override("PERFLAB_REPLICA_URL")
+
+
+def _current_replica() -> Replica:
+    state = _load_state()
+    primary = _current().postgres
+    rep = state.get("replica", {})
+    override = _replica_override()
+    if override:
+        return Replica(Service("replica", override, managed=False), primary, 0)
+    password = state.get("postgres", {}).get("password", "")
+    url = f"postgresql://{PG_USER}:{quote(password, safe='')}@127.0.0.1:{rep.get('port', DEFAULT_REPLICA_PORT)}/postgres"
+    data_dir, log_file = _replica_dirs()
+    service = Service("replica", url, managed=True, pid=_postmaster_pid(data_dir),
+                      data_dir=str(data_dir) if data_dir.exists() else None, log_file=str(log_file))
+    return Replica(service, primary, int(rep.get("apply_delay_ms", 0)))
+
+
+def _replica_configured() -> bool:
+    return bool(_replica_override()) or (_replica_dirs()[0] / "PG_VERSION").exists()
+
+
+def _enable_replication_on_primary(state: dict) -> list[str]:
+    """Give the primary what a replica needs (settings, role, pg_hba line); restart it only if a setting needs it."""
+    messages = []
+    rep_state = state.setdefault("replica", {})
+    if not rep_state.get("replicator_password"):
+        rep_state["replicator_password"] = secrets.token_urlsafe(18)
+        _save_state(state)
+    password = rep_state["replicator_password"]
+    primary = _current().postgres
+    with connect(dsn=primary.url) as conn:
+        current = {key: conn.execute(f"SHOW {key}").fetchone()[0] for key in PRIMARY_REPLICATION_SETTINGS}
+        for key, value in PRIMARY_REPLICATION_SETTINGS.items():
+            conn.execute(f"ALTER SYSTEM SET {key} = '{value}'")
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (REPLICA_ROLE,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(f"{verb} ROLE {REPLICA_ROLE} WITH REPLICATION LOGIN PASSWORD {_quote_literal(password)}")
+        hba_file = Path(conn.execute("SHOW hba_file").fetchone()[0])
+    line = f"host    replication     {REPLICA_ROLE:<20} 127.0.0.1/32            scram-sha-256  {_HBA_MARK}"
+    text = hba_file.read_text()
+    if _HBA_MARK not in text:
+        # First match wins in pg_hba.conf: put the role's line first.
+        hba_file.write_text(line + "\n" + text)
+    with connect(dsn=primary.url) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+    if current["wal_level"] != "replica" or current["max_wal_senders"] == "0":
+        messages.append(_restart_primary(state, "wal_level = replica and max_wal_senders = 10, for the replica"))
+    return messages
+
+
+def _quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _restart_primary(state: dict, why: str) -> str:
+    data_dir, log_file = _pg_dirs()
+    proc = subprocess.run(
+        [str(pg_bin_dir() / "pg_ctl"), "restart", "-D", str(data_dir), "-l", str(log_file), "-m", "fast",
+         "-w", "-t", "60"], capture_output=True, text=True, **_run_as_kwargs(),
+    )
+    if proc.returncode != 0:
+        raise StackError(
+            f"PostgreSQL did not restart ({why}).\npg_ctl said:\n{_indent(proc.stderr or proc.stdout)}\n"
+            f"Server log:\n{_tail(data_dir / 'log')}\nFix: `perflab stack down && perflab stack up`, then "
+            "`perflab stack replica up` again."
+        )
+    state.setdefault("postgres", {})["pid"] = _postmaster_pid(data_dir)
+    _save_state(state)
+    return f"PostgreSQL: restarted once to set {why} (it keeps them)"
+
+
+def _base_backup(state: dict, run_as: dict) -> None:
+    data_dir, log_file = _replica_dirs()
+    base = data_dir.parent
+    base.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    primary = _current().postgres
+    passfile = base / "replicator.pgpass"
+    passfile.write_text(f"127.0.0.1:{primary.port}:*:{REPLICA_ROLE}:{state['replica']['replicator_password']}\n")
+    os.chmod(passfile, 0o600)
+    log_file.touch()
+    if run_as:
+        import pwd
+
+        entry = pwd.getpwnam(run_as["user"])
+        _grant_traversal(base)
+        for item in (base, passfile, log_file):
+            os.chown(item, entry.pw_uid, entry.pw_gid)
+    env = dict(os.environ, PGPASSFILE=str(passfile))
+    try:
+        proc = subprocess.run(
+            [str(pg_bin_dir() / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", REPLICA_ROLE,
+             "-D", str(data_dir), "-X", "stream", "-c", "fast", "--no-password", "--no-sync"],
+            capture_output=True, text=True, env=env, **run_as,
+        )
+    finally:
+        passfile.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise StackError(
+            "pg_basebackup could not copy the course server for the replica:\n" + _indent(proc.stderr or proc.stdout)
+            + "\nFix: check that `perflab stack status` shows PostgreSQL healthy, then `perflab stack replica up` again."
+        )
+    # The copy carries the primary's server logs and pid: neither belongs to the replica.
+    shutil.rmtree(data_dir / "log", ignore_errors=True)
+    (data_dir / "log").mkdir(mode=0o700, exist_ok=True)
+    (data_dir / "standby.signal").touch()
+    state["replica"]["created"] = time.time()
+    _save_state(state)
+
+
+def _write_replica_settings(data_dir: Path, port: int, state: dict) -> None:
+    rep = state["replica"]
+    primary_port = state.get("postgres", {}).get("port", DEFAULT_PG_PORT)
+    conninfo = (f"host=127.0.0.1 port={primary_port} user={REPLICA_ROLE} "
+                f"password={rep['replicator_password']} application_name={REPLICA_APPLICATION_NAME}")
+    settings = dict(PG_SETTINGS) | REPLICA_SETTINGS | {
+        "port": str(port),
+        "primary_conninfo": _quote_literal(conninfo),
+        "recovery_min_apply_delay": f"'{int(rep.get('apply_delay_ms', 0))}ms'",
+    }
+    target = data_dir / "perflab.conf"
+    target.write_text("\n".join(f"{key} = {value}" for key, value in settings.items()) + "\n")
+    os.chmod(target, 0o600)  # it holds the replication password
+    with contextlib.suppress(OSError):
+        shutil.chown(target, user=data_dir.owner(), group=data_dir.group())
+
+
+def _replica_streaming(replica: Replica) -> str | None:
+    """The WAL receiver's status on the replica ('streaming' when all is well), or None if unreachable."""
+    try:
+        with connect(dsn=replica.url, connect_timeout=3) as conn:
+            row = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
+            return row[0] if row else "not connected"
+    except Exception:
+        return None
+
+
+def _wal_is_gone(log_dir: Path) -> bool:
+    return "has already been removed" in _tail(log_dir, 40)
+
+
+def _start_replica(state: dict, rebuild: bool = False) -> str:
+    data_dir, log_file = _replica_dirs()
+    _check_disk(data_dir.parent, need_mb=500)
+    run_as = _run_as_kwargs()
+    rep_state = state.setdefault("replica", {})
+    built = False
+    if rebuild or not (data_dir / "PG_VERSION").exists() or not (data_dir / "standby.signal").exists():
+        _base_backup(state, run_as)
+        built = True
+    pid = _postmaster_pid(data_dir)
+    if pid and not _pid_alive(pid):
+        _kill_orphans(data_dir)  # a SIGKILLed replica: clear what it left, then it recovers by itself
+        (data_dir / "postmaster.pid").unlink(missing_ok=True)
+    port = _choose_port("replica", rep_state.get("port"), DEFAULT_REPLICA_PORT, "PERFLAB_REPLICA_PORT")
+    _write_replica_settings(data_dir, port, state)
+    _prepare_for_server_user(data_dir, log_file, run_as)
+    proc = subprocess.run(
+        [str(pg_bin_dir() / "pg_ctl"), "start", "-D", str(data_dir), "-l", str(log_file), "-w", "-t", "60"],
+        capture_output=True, text=True, **run_as,
+    )
+    if proc.returncode != 0:
+        if not built and _wal_is_gone(data_dir / "log"):
+            return _rebuild_replica(state)
+        raise StackError(
+            f"the replica did not start on 127.0.0.1:{port}.\npg_ctl said:\n{_indent(proc.stderr or proc.stdout)}\n"
+            f"Server log ({log_file}):\n{_tail(log_file)}\n{_tail(data_dir / 'log')}\n"
+            "Fix: read the log lines above; `perflab stack replica down && rm -rf .perflab/replica` and "
+            "`perflab stack replica up` make a fresh copy of the course server."
+        )
+    rep_state.update(port=port, pid=_postmaster_pid(data_dir), data_dir=str(data_dir), log_file=str(log_file))
+    _save_state(state)
+    replica = _current_replica()
+    deadline = time.monotonic() + REPLICA_STREAMING_TIMEOUT
+    status = _replica_streaming(replica)
+    while status != "streaming" and time.monotonic() < deadline:
+        if not built and _wal_is_gone(data_dir / "log"):
+            # It was stopped (or behind) for longer than the WAL the primary keeps: copy afresh.
+            return _rebuild_replica(state)
+        time.sleep(0.1)
+        status = _replica_streaming(replica)
+    if status != "streaming":
+        raise StackError(
+            f"the replica started on 127.0.0.1:{port} but is not streaming from the primary (WAL receiver: "
+            f"{status}).\nReplica log:\n{_tail(data_dir / 'log')}\nFix: `perflab stack status` (is PostgreSQL "
+            "up?); `perflab stack replica down && rm -rf .perflab/replica && perflab stack replica up` rebuilds it."
+        )
+    return (f"replica: {'created from a base backup and ' if built else ''}started on 127.0.0.1:{port} "
+            f"(pid {_postmaster_pid(data_dir)}), streaming")
+
+
+def _rebuild_replica(state: dict) -> str:
+    _stop_replica()
+    return _start_replica(state, rebuild=True)
+
+
+def _stop_replica() -> str:
+    return _stop_pg_server(_replica_dirs()[0], "replica")
+
+
+def replica_up(apply_delay_ms: int | None = None) -> tuple[Replica, list[str]]:
+    """Start the replica (creating it from a base backup the first time); idempotent. Returns it and what was done."""
+    if _replica_override():
+        replica = _current_replica()
+        if not _is_healthy(replica.service):
+            raise StackError(f"the replica at {replica.service.masked_url} (from PERFLAB_REPLICA_URL) does not answer.\n"
+                             "Fix: start it, or unset PERFLAB_REPLICA_URL to let perflab run its own.")
+        return replica, [f"replica: using {replica.service.masked_url} (from environment)"]
+    if _override("DATABASE_URL"):
+        raise StackError("the course server is not perflab's own (DATABASE_URL is set), so perflab cannot make a "
+                         "replica of it.\nFix: unset DATABASE_URL, or set PERFLAB_REPLICA_URL to a replica of that "
+                         "server that you run.")
+    ensure()
+    messages = []
+    with _stack_lock():
+        state = _load_state()
+        if apply_delay_ms is not None:
+            state.setdefault("replica", {})["apply_delay_ms"] = int(apply_delay_ms)
+            _save_state(state)
+        messages += _enable_replication_on_primary(state)
+        replica = _current_replica()
+        if replica.service.pid and _pid_alive(replica.service.pid) and _replica_streaming(replica) == "streaming":
+            if apply_delay_ms is not None:
+                _write_replica_settings(_replica_dirs()[0], replica.port, state)
+                with connect(dsn=replica.url) as conn:
+                    conn.execute("SELECT pg_reload_conf()")
+            messages.append(f"replica: already running on port {replica.port} (pid {replica.service.pid}), streaming")
+        else:
+            messages.append(_start_replica(state))
+    replica = _current_replica()
+    if apply_delay_ms is not None:
+        _wait_for_setting(replica, f"{int(apply_delay_ms)}ms")
+    return replica, messages
+
+
+def _wait_for_setting(replica: Replica, delay: str, timeout: float = 5.0) -> None:
+    """A reload is asynchronous: wait until the replica reports the new apply delay."""
+    want = int(delay.removesuffix("ms"))
+    deadline = time.monotonic() + timeout
+    with connect(dsn=replica.url) as conn:
+        while time.monotonic() < deadline:
+            value = conn.execute("SELECT setting::int FROM pg_settings WHERE name = 'recovery_min_apply_delay'").fetchone()[0]
+            if value == want:
+                return
+            time.sleep(0.02)
+
+
+def ensure_replica(apply_delay_ms: int | None = None) -> Replica:
+    """The running replica (started if it is down); ``apply_delay_ms`` sets ``recovery_min_apply_delay``."""
+    replica = _current_replica()
+    if (apply_delay_ms is None or apply_delay_ms == replica.apply_delay_ms) and replica.service.managed \
+            and replica.service.pid and _pid_alive(replica.service.pid) and _replica_streaming(replica) == "streaming":
+        return replica
+    if not replica.service.managed and _is_healthy(replica.service):
+        return replica
+    return replica_up(apply_delay_ms)[0]
+
+
+def _set_replica_apply_delay(ms: int) -> Replica:
+    return replica_up(ms)[0]
+
+
+@contextlib.contextmanager
+def replica(apply_delay_ms: int = 0) -> Iterator[Replica]:
+    """``with stack.replica(apply_delay_ms=200) as r:`` the running replica, with that apply delay for the
+    block (the previous delay is restored after). ``r.dsn(db)``, ``r.for_dsn(lesson.dsn)``, ``r.lag()``."""
+    before = _current_replica().apply_delay_ms
+    running = ensure_replica(apply_delay_ms)
+    try:
+        yield running
+    finally:
+        if running.service.managed and before != apply_delay_ms:
+            with contextlib.suppress(StackError):
+                ensure_replica(before)
+
+
+def replica_down() -> str:
+    """Stop the replica (its data folder stays; `up` resumes streaming from where it stopped)."""
+    if _replica_override():
+        return "replica: not ours (PERFLAB_REPLICA_URL), left running"
+    with _stack_lock():
+        return _stop_replica()
+
+
+def replica_lag(rep: Replica | None = None) -> dict:
+    """Replication state and lag: from pg_stat_replication on the primary, and pg_last_wal_replay_lsn() on the replica.
+
+    ``bytes``: WAL the primary has written (``pg_current_wal_lsn()``) that the replica has not replayed yet
+    (WAL still in the primary's buffers, not yet written, is not counted); ``replay_lag_s``: the
+    primary's measure of the delay between writing WAL and the replica replaying it (None when idle);
+    ``last_replay_age_s``: time since the last transaction the replica replayed was committed.
+    """
+    rep = rep or _current_replica()
+    out = {"state": None, "sync_state": None, "primary_lsn": None, "replay_lsn": None, "receive_lsn": None,
+           "bytes": None, "replay_lag_s": None, "write_lag_s": None, "last_replay_age_s": None,
+           "apply_delay_ms": rep.apply_delay_ms}
+    try:
+        with connect(dsn=rep.primary.url, connect_timeout=3) as conn:
+            out["primary_lsn"] = str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])
+            row = conn.execute(
+                "SELECT state, sync_state, extract(epoch FROM replay_lag)::float8, extract(epoch FROM write_lag)::float8 "
+                "FROM pg_stat_replication WHERE application_name = %s", (REPLICA_APPLICATION_NAME,)).fetchone()
+            if row:
+                out.update(state=row[0], sync_state=row[1], replay_lag_s=row[2], write_lag_s=row[3])
+            else:
+                out["state"] = "not connected to the primary"
+    except Exception as exc:
+        out["state"] = f"primary unreachable ({type(exc).__name__})"
+        return out
+    try:
+        with connect(dsn=rep.url, connect_timeout=3) as conn:
+            row = conn.execute(
+                "SELECT pg_last_wal_replay_lsn()::text, pg_last_wal_receive_lsn()::text, "
+                "pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())::bigint, "
+                "extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
+                (out["primary_lsn"],)).fetchone()
+            out.update(replay_lsn=row[0], receive_lsn=row[1], bytes=max(0, int(row[2] or 0)), last_replay_age_s=row[3])
+    except Exception as exc:
+        out["state"] = f"replica unreachable ({type(exc).__name__})"
+    return out
+
+
+def replica_status() -> dict:
+    """One row for `perflab stack replica status`: health, URL, pid, state and lag."""
+    rep = _current_replica()
+    if rep.service.managed and not _replica_configured():
+        return {"service": "replica", "health": "not created", "url": rep.service.masked_url,
+                "hint": "create it with `perflab stack replica up`"}
+    try:
+        version = _postgres_health(rep.url)
+        health = "healthy"
+    except Exception as exc:
+        version, health = None, f"down ({type(exc).__name__})"
+    row = {"service": "replica", "health": health, "version": version, "url": rep.service.masked_url,
+           "pid": rep.service.pid if rep.service.managed else None, "data_dir": rep.service.data_dir}
+    if health == "healthy":
+        row |= replica_lag(rep)
+    return row
