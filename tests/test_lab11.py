@@ -1,16 +1,14 @@
-"""Lab 11's grader: passes the solution; fails the starter (stale reads) and a router that sends every read
-to the primary (replica share), each with the message that names the problem.
+"""Lab 11's own tables: the starter fails on stale reads; a router that sends every read to the primary fails
+on replica share, and one that answers from memory is caught by the servers' counts, each with the message
+that names the problem (tests/test_labs.py: the solution passes, the starter fails).
 
 Stale reads are counted by the grader and the replica share by the servers' own statistics; the latency
 check may say "inconclusive" on a noisy machine, which is not a pass and not a failure.
 """
-from labtools import outcomes, submission
+from labtools import TIMED, expect, fails, graded, passes, submission
 
-from perflab import paths
 from perflab.grading import grader
 
-SOLUTION = paths.SOLUTIONS_DIR / "11_scaling_out.ipynb"
-STARTER = paths.LABS_DIR / "11_scaling_out.ipynb"
 EX = "router"
 ROWS = (EX, "reads return the selected rows")
 STALE = (EX, "no stale reads of a session's own writes")
@@ -18,24 +16,18 @@ SHARE = (EX, "at least 50% of reads served by the replica")
 LATENCY = (EX, "latency at most 2x the reference router's")
 
 
-def test_solution_passes(tiny_data, tmp_path):
-    report = grader.grade(SOLUTION, out_dir=tmp_path)
-    got = outcomes(report)
-    for name in (ROWS, STALE, SHARE):
-        assert got[name].status == "passed", report.text()
-    assert got[LATENCY].status in ("passed", "inconclusive"), report.text()
-    assert report.exit_code in (0, 3)
+def _grade(tmp_path, source: str):
+    return grader.grade(submission("11", tmp_path, {lambda cell: cell.startswith("def open_router("): source}))
 
 
-def test_starter_fails_on_stale_reads_counted_by_the_grader(tiny_data, tmp_path):
-    report = grader.grade(STARTER, out_dir=tmp_path)
-    got = outcomes(report)
-    assert not report.passed and report.exit_code == 1
-    assert got[ROWS].status == "passed"
-    assert got[STALE].status == "failed", report.text()
-    assert "older than the session's own last write" in got[STALE].message
-    assert got[SHARE].status == "passed"  # naive routing does use the replica: it is the staleness that fails
-    assert (tmp_path / "results.json").exists()
+def test_the_solution_passes_on_counted_checks(tiny_data):
+    expect(graded("11", "solution"), {ROWS: passes(), STALE: passes(), SHARE: passes(), LATENCY: TIMED})
+
+
+def test_the_starter_fails_on_stale_reads_counted_by_the_grader(tiny_data):
+    # Naive routing does use the replica: it is the staleness that fails.
+    expect(graded("11", "starter"), {ROWS: passes(), STALE: fails("older than the session's own last write"),
+                                     SHARE: passes()})
 
 
 def test_everything_to_the_primary_fails_on_replica_share(tiny_data, tmp_path):
@@ -52,12 +44,8 @@ def test_everything_to_the_primary_fails_on_replica_share(tiny_data, tmp_path):
 
     return route, primary.close
 '''
-    path = submission(SOLUTION, tmp_path, lambda cell: cell.startswith("def open_router("), primary_only)
-    report = grader.grade(path, out_dir=tmp_path)
-    got = outcomes(report)
-    assert got[STALE].status == "passed", report.text()
-    assert got[SHARE].status == "failed", report.text()
-    assert "served by the replica (0 of" in got[SHARE].message and "replica does no work" in got[SHARE].message
+    report = _grade(tmp_path, primary_only)
+    expect(report, {STALE: passes(), SHARE: fails("served by the replica (0 of", "replica does no work")})
     assert not report.passed
 
 
@@ -82,7 +70,4 @@ def test_a_router_that_caches_reads_is_caught_by_the_servers_counts(tiny_data, t
 
     return route, primary.close
 '''
-    path = submission(SOLUTION, tmp_path, lambda cell: cell.startswith("def open_router("), cached)
-    got = outcomes(grader.grade(path, out_dir=tmp_path))
-    assert got[SHARE].status == "failed"
-    assert "without asking a database" in got[SHARE].message
+    expect(_grade(tmp_path, cached), {SHARE: fails("without asking a database")})
