@@ -20,7 +20,6 @@ def test_the_solution_passes(lab, tiny_data):
     not_passed = [(o.exercise, o.name, o.status) for o in report.checks if o.status != "passed"]
     assert all(status == "inconclusive" for *_, status in not_passed), report.text()
     assert report.exit_code == (0 if not not_passed else 3), report.text()
-    assert not report.notebook_notes, report.text()  # every cell of the solution ran
 
 
 @pytest.mark.parametrize("lab", LABS)
