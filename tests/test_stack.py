@@ -29,6 +29,8 @@ def test_course_servers_are_the_pip_installed_ones(course_stack):
     """CI must prove the pip path, not lean on a system PostgreSQL that a laptop won't have."""
     if os.environ.get("DATABASE_URL"):
         pytest.skip("DATABASE_URL points the course at another server")
+    # Read the pids afresh: an earlier test (topic 11's replica) may have restarted the primary.
+    course_stack = stack.ensure()
     pg = psutil.Process(course_stack.postgres.pid)
     assert "pgserver" in pg.exe(), f"PostgreSQL runs from {pg.exe()}, not the pgserver wheel"
     redis_pid = course_stack.redis.pid
