@@ -270,7 +270,7 @@ def duplicate_has_one_effect(ctx) -> CheckResult:
 LAB = LabSpec(
     id="08",
     title="Offload the slow work, and lose nothing",
-    solution="08_celery_rig.ipynb",
+    solution="08_celery_offload.ipynb",
     cell_timeout=180,
     total_timeout=600,
     exercises=[
