@@ -260,8 +260,32 @@ def read_notebook(path: str | os.PathLike) -> NotebookNode:
     return nb
 
 
-def _interpreter_kernel_specs():
-    """A KernelSpecManager whose ``python3`` is this interpreter running ipykernel.
+def _capped_client(limit: int):
+    """A NotebookClient that keeps at most ``limit`` bytes of outputs over the whole run (then one note)."""
+    from nbclient import NotebookClient
+
+    class CappedClient(NotebookClient):
+        kept = 0
+        noted = False
+
+        def output(self, outs, msg, display_id, cell_index):
+            size = len(json.dumps(msg.get("content", {}), default=str))
+            if self.kept + size > limit:
+                if not self.noted:
+                    self.noted = True
+                    outs.append(nbformat.v4.new_output(
+                        "stream", name="stderr",
+                        text=f"[perflab: output cut here: more than {limit:,} bytes were printed]\n"))
+                return None
+            self.kept += size
+            return super().output(outs, msg, display_id, cell_index)
+
+    return CappedClient
+
+
+def _interpreter_kernel_specs(wrap: Callable[[list[str]], list[str]] | None = None):
+    """A KernelSpecManager whose ``python3`` is this interpreter running ipykernel (``wrap`` may prefix
+    the command, e.g. the grader's jail).
 
     A ``python3`` kernelspec installed in the user's home or system-wide (say, for another Python)
     would otherwise win, and the notebook would run without this venv's packages.
@@ -273,7 +297,7 @@ def _interpreter_kernel_specs():
             if kernel_name in ("python3", "python"):
                 return KernelSpec(
                     name="python3",
-                    argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    argv=(wrap or list)([sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]),
                     display_name=f"Python {sys.version_info.major}.{sys.version_info.minor} ({sys.executable})",
                     language="python",
                     interrupt_mode="signal",
@@ -296,6 +320,9 @@ def execute(
     allow_errors: bool = False,
     kernel_name: str = "python3",
     extra_cells_after: str | Callable[[CellRun], str | None] | None = None,
+    kernel_wrap: Callable[[list[str]], list[str]] | None = None,
+    inherit_env: bool = True,
+    output_limit: int | None = None,
 ) -> ExecutionResult:
     """Run every code cell of the notebook at ``path`` in a fresh kernel; see the module docstring.
 
@@ -316,6 +343,9 @@ def execute(
         allow_errors=allow_errors,
         kernel_name=kernel_name,
         extra_cells_after=extra_cells_after,
+        kernel_wrap=kernel_wrap,
+        inherit_env=inherit_env,
+        output_limit=output_limit,
     )
     result = run_sync(runner.run)()
     if out_path is not None:
@@ -349,6 +379,9 @@ class _Runner:
     cwd: Path
     allow_errors: bool
     kernel_name: str
+    kernel_wrap: Callable[[list[str]], list[str]] | None
+    inherit_env: bool
+    output_limit: int | None
     extra_cells_after: str | Callable[[CellRun], str | None] | None
 
     async def run(self) -> ExecutionResult:
@@ -359,18 +392,18 @@ class _Runner:
 
         started = time.monotonic()
         deadline = started + self.total_timeout if self.total_timeout else None
-        kernel_env = {**os.environ, **{k: str(v) for k, v in (self.env or {}).items()}}
+        kernel_env = {**(os.environ if self.inherit_env else {}), **{k: str(v) for k, v in (self.env or {}).items()}}
         # Python 3.11's frozen modules make the kernel's debugger print a warning into every run.
         kernel_env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 
         km = AsyncKernelManager(
             log=_QUIET_LOG,
             kernel_name=self.kernel_name,
-            kernel_spec_manager=_interpreter_kernel_specs(),
+            kernel_spec_manager=_interpreter_kernel_specs(self.kernel_wrap),
             # Encrypt the local TCP link when pyzmq can (else the kernel logs a warning into every run).
             transport_encryption="auto" if zmq.has("curve") else "disabled",
         )
-        client = NotebookClient(
+        client = (_capped_client(self.output_limit) if self.output_limit else NotebookClient)(
             self.nb,
             km=km,
             log=_QUIET_LOG,

@@ -69,9 +69,14 @@ def normalize(sql: str) -> str:
 class StatementProbe:
     """Collects what the server executed for connections made with :attr:`dsn`."""
 
-    def __init__(self, dsn: str | None = None, include_transaction_control: bool = False):
+    def __init__(self, dsn: str | None = None, include_transaction_control: bool = False, *,
+                 role: str | None = None, role_dsn: str | None = None):
         self.base_dsn = dsn or stack.ensure().dsn()
         self.tag = f"perflab-probe-{secrets.token_hex(6)}"
+        # By role (the grader): every statement any connection of ``role`` sends, tagged or not. The role
+        # has log_statement=all set by a superuser (it cannot turn it off); ``role_dsn`` logs in as it.
+        self.role = role
+        self.role_dsn = role_dsn
         self.include_transaction_control = include_transaction_control
         self.statements: list[Statement] = []
         self._sessions: set[str] = set()
@@ -80,6 +85,8 @@ class StatementProbe:
     @property
     def dsn(self) -> str:
         """Connect with this: it tags the connection and turns on statement logging for it alone."""
+        if self.role is not None:
+            return self.role_dsn
         return stack.with_params(
             self.base_dsn, application_name=self.tag,
             options="-c log_statement=all -c log_connections=on",
@@ -127,7 +134,8 @@ class StatementProbe:
         self.collect()
 
     def collect(self, timeout: float = 10.0) -> None:
-        mine, sentinel = tagged_log_entries(self.base_dsn, self.dsn, self.tag, self._start, timeout=timeout)
+        mine, sentinel = tagged_log_entries(self.base_dsn, self.dsn, self.tag, self._start, timeout=timeout,
+                                            role=self.role)
         statements, sessions = [], set()
         for entry in mine:
             message = entry.get("message", "")
@@ -147,9 +155,11 @@ class StatementProbe:
 
 
 @contextlib.contextmanager
-def count_statements(dsn: str | None = None, include_transaction_control: bool = False) -> Iterator[StatementProbe]:
-    """Count statements and connections the server saw from connections made with ``probe.dsn``."""
-    probe = StatementProbe(dsn, include_transaction_control)
+def count_statements(dsn: str | None = None, include_transaction_control: bool = False, *,
+                     role: str | None = None, role_dsn: str | None = None) -> Iterator[StatementProbe]:
+    """Count statements and connections the server saw from connections made with ``probe.dsn``
+    (or, with ``role``, from every connection of that role: ``dsn`` is then an admin DSN)."""
+    probe = StatementProbe(dsn, include_transaction_control, role=role, role_dsn=role_dsn)
     with probe:
         yield probe
 
@@ -177,7 +187,8 @@ def assert_num_statements(expected: int, dsn: str | None = None):
 
 
 def tagged_log_entries(base_dsn: str, tagged_dsn: str, tag: str, start: tuple[str, int] | None, *,
-                       sentinel_sql: str = "SELECT '{sentinel}'", timeout: float = 10.0) -> tuple[list[dict], str]:
+                       sentinel_sql: str = "SELECT '{sentinel}'", timeout: float = 10.0,
+                       role: str | None = None) -> tuple[list[dict], str]:
     """The server log's entries for connections tagged ``tag`` since ``start``, once they are all in.
 
     The log is written asynchronously, so a last statement (``sentinel_sql``) runs on a tagged
@@ -191,7 +202,8 @@ def tagged_log_entries(base_dsn: str, tagged_dsn: str, tag: str, start: tuple[st
     deadline = time.monotonic() + timeout
     with admin_connection(base_dsn) as conn:
         while True:
-            mine = [e for e in _read_log_since(conn, start) if e.get("application_name") == tag]
+            mine = [e for e in _read_log_since(conn, start)
+                    if (e.get("user") == role if role is not None else e.get("application_name") == tag)]
             if any(sentinel in e.get("message", "") for e in mine):
                 return mine, sentinel
             if time.monotonic() > deadline:

@@ -57,9 +57,7 @@ import importlib.util
 import json
 import re
 import sys
-import tempfile
 import textwrap
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -68,6 +66,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterator
 
 from perflab import paths
+from perflab.grading.jail import Limits
 
 __all__ = [
     "grade",
@@ -79,6 +78,7 @@ __all__ = [
     "GradingContext",
     "GradeReport",
     "RecordedFunction",
+    "Remote",
     "SubmissionError",
     "Inconclusive",
     "LabNotFound",
@@ -188,6 +188,10 @@ class LabSpec:
     cell_timeout: float = 120
     total_timeout: float = 900
     pass_mark: float = 1.0  # fraction of max_score needed to pass
+    # What a recorded function may use without importing it ("module:NAME", a dict in course code).
+    namespace: str | None = None
+    needs_redis: bool = False  # the sandboxes get a throwaway Redis of their own
+    limits: Limits = field(default_factory=Limits)  # the sandbox's limits (the instructor may override)
 
     def __post_init__(self) -> None:
         lab_id = str(self.id)
@@ -280,43 +284,177 @@ class RecordedFunction:
     source: str
     cell: int | None = None  # cell number (from 1) after which it was last recorded
 
-    def load(self, namespace: dict | None = None) -> Callable:
-        """Re-create it by exec'ing the source in a fresh namespace (``namespace`` pre-fills globals,
-        e.g. imports the function relies on). A broken source raises `SubmissionError`."""
-        scope = {"__name__": "submission", **(namespace or {})}
-        try:
-            exec(compile(self.source, f"<your {self.name}>", "exec"), scope)
-        except Exception as exc:
-            raise SubmissionError(
-                f"could not re-create {self.name} from your notebook's source: {type(exc).__name__}: {exc}"
-            ) from None
-        value = scope.get(self.name)
-        if not callable(value):
-            raise SubmissionError(f"the source recorded for {self.name} does not define {self.name}")
-        return value
+    def __str__(self) -> str:
+        return self.source
+
+
+class Remote:
+    """A function that lives in a sandbox: calling it sends the call over the channel (JSON in, JSON out).
+
+    ``ctx.function("name")`` is the learner's; ``ctx.reference_function`` / ``ctx.original_function`` are
+    the solution notebook's and the starter's, in the reference sandbox. ``driver`` names course code
+    (``"perflab.topics.tNN_x.rig:function"``) that runs in the same sandbox and receives that side's
+    answers first (``driver(answers, *args)``), to build what the call needs there (a session, a client,
+    an event loop). The learner's errors and hangs become `SubmissionError`; the reference's, a grader error.
+    """
+
+    def __init__(self, ctx: "GradingContext", side: str, target: str | None, driver: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.ctx, self.side, self.target, self.driver, self.timeout = ctx, side, target, driver, timeout
+        self.__name__ = target or (driver or "driver").rpartition(":")[2]
+
+    def via(self, driver: str, timeout: float | None = None) -> "Remote":
+        return Remote(self.ctx, self.side, self.target, driver, self.timeout if timeout is None else timeout)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ctx.call(self.side, self.target, *args, driver=self.driver, timeout=self.timeout, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<{self.side} {self.__name__} in a sandbox>"
 
 
 @dataclass
 class GradingContext:
-    """Everything a check gets: the recorded answers, why some are missing, a database, shared scratch."""
+    """Everything a check gets: the recorded answers, why some are missing, sandboxes, databases, scratch.
+
+    Nothing the learner wrote runs in the grader's process: ``function(name)`` returns a `Remote` that
+    calls it in the submission's sandbox; the reference and the original run in a sandbox of their own
+    (``reference_function``, ``original_function``), each with its own database role and clone (``dsn``,
+    ``reference_dsn``: log in as that role) and, for labs that need one, its own Redis. They are started on
+    first use, after the learner's kernel is gone. ``admin_dsn`` is the grader's own connection to the
+    submission's clone (for probes); it is never given to a sandbox.
+    """
 
     lab: LabSpec
     submission: Path
     answers: dict[str, Any]
     answer_errors: dict[str, str]
-    dsn: str | None = None
     execution: Any = None  # perflab.notebooks.ExecutionResult of the submission
     scratch: dict = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    _resources: Any = None  # contextlib.ExitStack owned by grade()
+    _sides: dict = field(default_factory=dict)
+    mode: str = ""
 
-    def function(self, name: str, namespace: dict | None = None) -> Callable:
-        """The answer ``name`` re-created as a callable in this process (see `RecordedFunction.load`)."""
+    # -- databases and sandboxes, made on first use ----------------------------------------
+    def _side(self, side: str) -> dict:
+        key = "submission" if side == "submission" else "reference"
+        if key not in self._sides:
+            from perflab.grading import isolation
+
+            entry: dict[str, Any] = {}
+            env = {"PERFLAB_GRADING": "1"}
+            if self.lab.needs_database:
+                entry["db"] = self._resources.enter_context(isolation.run_database())
+                env["DATABASE_URL"] = entry["db"].dsn
+            entry["redis"] = self._resources.enter_context(isolation.run_redis())
+            env["REDIS_URL"] = entry["redis"].url
+            entry["env"] = env
+            self._sides[key] = entry
+        return self._sides[key]
+
+    def sandbox(self, side: str = "submission"):
+        entry = self._side(side)
+        if "box" not in entry:
+            from perflab.grading import sources
+            from perflab.grading.sandbox import Sandbox
+
+            name = "submission" if side == "submission" else "reference"
+            box = self._resources.enter_context(Sandbox.start(name, self.limits, entry["env"]))
+            self.mode = box.mode
+            if name == "submission":
+                functions = {k: v for k, v in self.answers.items() if isinstance(v, RecordedFunction)}
+                problems = box.load("submission", functions, namespace=self.lab.namespace)
+                for answer, problem in problems.items():
+                    self.answer_errors.setdefault(answer, problem)
+            else:
+                for slot, answers in (("reference", sources.references(self.lab)),
+                                      ("original", sources.originals(self.lab))):
+                    functions = {k: v for k, v in answers.items() if isinstance(v, RecordedFunction)}
+                    problems = box.load(slot, functions, namespace=self.lab.namespace)
+                    if problems:
+                        raise RuntimeError(f"the {slot} answers of lab {self.lab.id} do not load: {problems}")
+            entry["box"] = box
+        return entry["box"]
+
+    @property
+    def dsn(self) -> str | None:
+        """The submission's own clone, logged in as its role (run the learner's SQL here)."""
+        return self._side("submission")["db"].dsn if self.lab.needs_database else None
+
+    @property
+    def admin_dsn(self) -> str | None:
+        return self._side("submission")["db"].admin_dsn if self.lab.needs_database else None
+
+    @property
+    def role(self) -> str | None:
+        return self._side("submission")["db"].role if self.lab.needs_database else None
+
+    @property
+    def reference_dsn(self) -> str | None:
+        return self._side("reference")["db"].dsn if self.lab.needs_database else None
+
+    @property
+    def reference_admin_dsn(self) -> str | None:
+        return self._side("reference")["db"].admin_dsn if self.lab.needs_database else None
+
+    @property
+    def reference_role(self) -> str | None:
+        return self._side("reference")["db"].role if self.lab.needs_database else None
+
+    def redis_url(self, side: str = "submission") -> str:
+        return self._side(side)["redis"].url
+
+    def sources(self, side: str) -> dict[str, Any]:
+        """The reference's or the original's answers as written in the solution notebook."""
+        from perflab.grading import sources
+
+        return sources.references(self.lab) if side == "reference" else sources.originals(self.lab)
+
+    # -- calling -----------------------------------------------------------------------------
+    def call(self, side: str, target: str | None, *args: Any, driver: str | None = None, timeout: float = 30.0,
+             **kwargs: Any) -> Any:
+        """Call ``target`` (or ``driver``) in ``side``'s sandbox ("submission", "reference" or "original")."""
+        from perflab.grading.sandbox import SandboxCallError, SandboxError, SandboxTimeout
+
+        box = self.sandbox(side)
+        slot = side
+        shown = f"{target or driver.rpartition(':')[2]}({', '.join([_brief(a, 40) for a in args] + [f'{k}={_brief(v, 40)}' for k, v in kwargs.items()])})"
+        try:
+            return box.call(slot, target or "", *args, driver=driver, timeout=timeout, **kwargs)
+        except SandboxCallError as exc:
+            if side != "submission":
+                raise RuntimeError(f"the {side} answer failed: {shown} raised {exc}") from None
+            raise SubmissionError(f"{shown} raised {exc.type_name}: {exc.message}") from None
+        except SandboxTimeout as exc:
+            if side != "submission":
+                raise Inconclusive(f"the {side} answer {shown} {exc}: the machine is too busy; rerun") from None
+            raise SubmissionError(f"{shown} {exc}") from None
+        except SandboxError as exc:
+            if side != "submission":
+                raise RuntimeError(f"the {side} sandbox failed: {exc}") from None
+            raise SubmissionError(f"{shown}: {exc}") from None
+
+    def function(self, name: str, namespace: Any = None, *, driver: str | None = None, timeout: float = 30.0) -> Remote:
+        """The learner's answer ``name`` as a `Remote` (it runs in the submission's sandbox)."""
         value = self.answers[name]
-        if isinstance(value, RecordedFunction):
-            return value.load(namespace)
-        raise SubmissionError(
-            f"{name} should be a function (`def {name}(...):`), but your notebook sets it to a "
-            f"{type(value).__name__}: {_brief(value)}"
-        )
+        if not isinstance(value, RecordedFunction):
+            raise SubmissionError(
+                f"{name} should be a function (`def {name}(...):`), but your notebook sets it to a "
+                f"{type(value).__name__}: {_brief(value)}"
+            )
+        if name in self.answer_errors:
+            raise SubmissionError(self.answer_errors[name])
+        self.sandbox("submission")
+        if name in self.answer_errors:
+            raise SubmissionError(self.answer_errors[name])
+        return Remote(self, "submission", name, driver, timeout)
+
+    def reference_function(self, name: str, *, driver: str | None = None, timeout: float = 30.0) -> Remote:
+        return Remote(self, "reference", name, driver, timeout)
+
+    def original_function(self, name: str, *, driver: str | None = None, timeout: float = 30.0) -> Remote:
+        return Remote(self, "original", name, driver, timeout)
 
 
 @contextlib.contextmanager
@@ -337,29 +475,12 @@ def learner_code(what: str) -> Iterator[None]:
 
 
 def call_submitted(fn: Callable, *args: Any, timeout: float = 10.0, **kwargs: Any) -> Any:
-    """Call a learner's function here with a time limit; its exception or hang is a `SubmissionError`.
+    """Call a learner's function (a `Remote`) with a time limit; its exception or hang is a `SubmissionError`.
 
-    The call runs in a daemon thread: a call that never returns is abandoned (it keeps a CPU busy
-    until the grader exits, which is fine for a one-shot grading process).
-    """
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - reported to the learner below
-            outcome["error"] = exc
-
-    call = f"{getattr(fn, '__name__', 'function')}({', '.join([_brief(a, 40) for a in args] + [f'{k}={_brief(v, 40)}' for k, v in kwargs.items()])})"
-    thread = threading.Thread(target=target, daemon=True, name=f"perflab-grade-{call[:30]}")
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise SubmissionError(f"{call} did not return within {timeout:g} s (infinite loop?)")
-    if "error" in outcome:
-        exc = outcome["error"]
-        raise SubmissionError(f"{call} raised {type(exc).__name__}: {exc}") from None
-    return outcome.get("value")
+    Learner code never runs in the grader's process, so ``fn`` must be a `Remote` (``ctx.function(...)``)."""
+    if not isinstance(fn, Remote):
+        raise TypeError(f"call_submitted needs a sandboxed function (ctx.function(...)), not {fn!r}")
+    return Remote(fn.ctx, fn.side, fn.target, fn.driver, timeout)(*args, **kwargs)
 
 
 def _brief(value: Any, limit: int = 80) -> str:
@@ -427,18 +548,25 @@ def _recorder(names: list[str], answers_file: Path) -> Callable:
     return code_after
 
 
+MAX_ANSWERS_BYTES = 16 * 1024 * 1024
+
+
 def _load_answers(answers_file: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The answers the kernel recorded. The file was written by the learner's process: read it as
+    untrusted JSON (bounded size, checked shapes), never as code."""
     try:
+        if answers_file.stat().st_size > MAX_ANSWERS_BYTES:
+            return {}, {}
         saved = json.loads(answers_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        answers: dict[str, Any] = {}
+        for name, entry in dict(saved.get("answers", {})).items():
+            if entry.get("kind") == "function":
+                answers[str(name)] = RecordedFunction(str(entry["name"]), str(entry["source"]), entry.get("cell"))
+            else:
+                answers[str(name)] = entry.get("value")
+        problems = {str(name): str(p["message"]) for name, p in dict(saved.get("problems", {})).items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return {}, {}
-    answers: dict[str, Any] = {}
-    for name, entry in saved.get("answers", {}).items():
-        if entry.get("kind") == "function":
-            answers[name] = RecordedFunction(entry["name"], entry["source"], entry.get("cell"))
-        else:
-            answers[name] = entry.get("value")
-    problems = {name: p["message"] for name, p in saved.get("problems", {}).items()}
     return answers, problems
 
 
@@ -575,6 +703,7 @@ class GradeReport:
     notebook_notes: list[str] = field(default_factory=list)  # cells that failed while it ran
     seconds: float = 0.0
     lab_max_score: float | None = None
+    sandbox: str = ""  # how learner code was isolated (a dedicated user, or the learner's own)
 
     @property
     def score(self) -> float:
@@ -627,6 +756,8 @@ class GradeReport:
                 lines.append(head + (f": {shown}" if shown else ""))
         if self.notebook_notes:
             lines += ["", "While your notebook ran:"] + [f"  - {note}" for note in self.notebook_notes]
+        if self.sandbox:
+            lines += ["", f"Isolation: {self.sandbox}"]
         verdict = {
             "passed": "PASSED",
             "failed": "FAILED",
@@ -699,10 +830,18 @@ def _run_check(exercise: Exercise, check: Check, ctx: GradingContext) -> CheckOu
     )
 
 
-def _grade_exercise(exercise: Exercise, ctx: GradingContext) -> ExerciseReport:
+def _grade_exercise(exercise: Exercise, ctx: GradingContext, starters: dict[str, Any]) -> ExerciseReport:
+    from perflab.grading import sources
+
     missing = {name: ctx.answer_errors[name] for name in exercise.answers if name not in ctx.answers}
-    if missing:
-        reason = "; ".join(missing.values())
+    untouched = not missing and all(
+        name in starters and sources.unchanged(ctx.answers[name], starters[name]) for name in exercise.answers)
+    if missing or untouched:
+        reason = "; ".join(missing.values()) if missing else (
+            f"{', '.join(exercise.answers)} {'is' if len(exercise.answers) == 1 else 'are'} still the starter code: "
+            "this exercise was not attempted, so it is not graded (0 points)")
+        if untouched:
+            missing = {"starter": reason}
         checks = [
             CheckOutcome(exercise.name, check.name, "failed", 0, check.points, f"not graded: {reason}")
             for check in exercise.checks
@@ -728,6 +867,7 @@ def grade(
     *,
     out_dir: str | Path | None = None,
     results_json: str | Path | None = None,
+    limit_overrides: dict[str, int] | None = None,
 ) -> GradeReport:
     """Grade one submitted notebook; see the module docstring.
 
@@ -774,42 +914,54 @@ def grade(
     except notebooks.MalformedNotebook as exc:
         return cannot_grade(str(exc))
 
+    from perflab.grading import isolation, sources
+    from perflab.grading.jail import jail
+
+    limits = spec.limits.override(**(limit_overrides or {}))
     with contextlib.ExitStack() as resources:
-        learner_dsn = checks_dsn = None
-        if spec.needs_database:
+        # 1. The learner's kernel: a jail of its own, its own database role, clone and Redis.
+        with contextlib.ExitStack() as kernel_resources:
+            env = {"PERFLAB_GRADING": "1"}
             try:
-                from perflab import datasets, stack
+                from perflab import stack
 
                 stack.ensure()
-                learner_dsn = resources.enter_context(datasets.throwaway())
-                checks_dsn = resources.enter_context(datasets.throwaway())
+                if spec.needs_database:
+                    isolation.sweep_orphans()
+                    env["DATABASE_URL"] = kernel_resources.enter_context(isolation.run_database()).dsn
+                env["REDIS_URL"] = kernel_resources.enter_context(isolation.run_redis()).url
             except Exception as exc:  # noqa: BLE001 - the grader's environment, not the learner
                 return cannot_grade(
                     f"could not prepare the database for grading ({type(exc).__name__}: {exc}); "
                     "check `perflab status` and try again",
                     status="error",
                 )
-        workdir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="perflab-grade-")))
-        answers_file = workdir / "answers.json"
-        env = {"PERFLAB_GRADING": "1"}
-        if learner_dsn:
-            env["DATABASE_URL"] = learner_dsn
-        try:
-            execution = notebooks.execute(
-                submission,
-                out_path=Path(out_dir) / f"executed_{submission.name}" if out_dir else None,
-                env=env,
-                cell_timeout=spec.cell_timeout,
-                total_timeout=spec.total_timeout,
-                cwd=submission.resolve().parent,
-                allow_errors=True,
-                extra_cells_after=_recorder(spec.answer_names, answers_file),
-            )
-        except notebooks.MalformedNotebook as exc:
-            return cannot_grade(str(exc))
-        except notebooks.NotebookError as exc:  # no kernel could start: the grader's environment
-            return cannot_grade(str(exc), status="error")
-        answers, problems = _load_answers(answers_file)
+            box = kernel_resources.enter_context(jail("kernel", limits, env))
+            env_for_kernel = dict(box.env, PERFLAB_STATE_DIR=str(box.workdir / "state"))
+            box.env.update(env_for_kernel)
+            answers_file = box.workdir / "answers.json"
+            try:
+                execution = notebooks.execute(
+                    submission,
+                    out_path=Path(out_dir) / f"executed_{submission.name}" if out_dir else None,
+                    env=box.env,
+                    inherit_env=False,
+                    kernel_wrap=lambda argv: box.command(argv, connection_file_arg=True),
+                    output_limit=limits.output_bytes,
+                    cell_timeout=spec.cell_timeout,
+                    total_timeout=spec.total_timeout,
+                    cwd=box.workdir,
+                    allow_errors=True,
+                    extra_cells_after=_recorder(spec.answer_names, answers_file),
+                )
+            except notebooks.MalformedNotebook as exc:
+                return cannot_grade(str(exc))
+            except notebooks.NotebookError as exc:  # no kernel could start: the grader's environment
+                return cannot_grade(str(exc), status="error")
+            box.kill_all()  # every process the notebook started, detached or not
+            answers, problems = _load_answers(answers_file)
+            mode = box.mode
+        # 2. The kernel, its clone and its Redis are gone: the checks' sandboxes start on first use.
         answer_errors = {
             name: _why_missing(name, execution, problems) for name in spec.answer_names if name not in answers
         }
@@ -818,10 +970,15 @@ def grade(
             submission=submission,
             answers=answers,
             answer_errors=answer_errors,
-            dsn=checks_dsn,
             execution=execution,
+            limits=limits,
+            _resources=resources,
+            mode=mode,
         )
-        exercises = [_grade_exercise(exercise, ctx) for exercise in spec.exercises]
+        starters = sources.originals(spec)
+        exercises = [_grade_exercise(exercise, ctx, starters) for exercise in spec.exercises]
+        sandbox_note = (f"learner code ran in a sandbox as {'a dedicated user' if mode == 'dedicated user' else 'your own user'} "
+                        f"({limits.describe()})")
 
     notes = [run.describe() for run in execution.failures]
     if execution.stopped and not execution.kernel_died:
@@ -836,5 +993,6 @@ def grade(
             pass_mark=spec.pass_mark,
             notebook_notes=notes,
             lab_max_score=spec.max_score,
+            sandbox=sandbox_note,
         )
     )
