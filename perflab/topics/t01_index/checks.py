@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import threading
 from collections import Counter
 from typing import Iterator
 
@@ -46,6 +47,10 @@ READ_ALLOWANCE = 1.5
 # A submitted query may return this many rows more than the original before the grader stops reading.
 EXTRA_ROWS = 10_000
 STREAM_CHUNK = 1_000
+# A learner's statement runs at most this long (the grader's own limit, under the role's); a whole
+# timed comparison on one connection at most TIMING_SECONDS.
+STATEMENT_SECONDS = 20
+TIMING_SECONDS = 180
 
 WRAPPED_HINT = ("a function or arithmetic on created_at hides the column from its index: compare the raw "
                 "column with a half-open range (created_at >= start AND created_at < end)")
@@ -79,14 +84,30 @@ def _account_sql(ctx) -> str:
 # ------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _reading(dsn: str) -> Iterator[psycopg.Connection]:
+def _reading(dsn: str, deadline: float = STATEMENT_SECONDS) -> Iterator[psycopg.Connection]:
     """A connection whose statements all run in one READ ONLY transaction, rolled back at the end
-    (so nothing a statement sets, e.g. with set_config, outlives the check)."""
-    with psycopg.connect(dsn) as conn:
+    (so nothing a statement sets, e.g. with set_config, outlives the check). Each statement is limited
+    to ``STATEMENT_SECONDS``; a statement can lift that limit for the next ones (set_config), so a
+    watchdog thread also cancels whatever runs once ``deadline`` seconds have passed."""
+    with psycopg.connect(dsn, options=f"-c statement_timeout={STATEMENT_SECONDS * 1000}") as conn:
         conn.read_only = True
+        stop = threading.Event()
+
+        def watchdog() -> None:
+            if stop.wait(deadline):
+                return
+            while not stop.is_set():
+                with contextlib.suppress(Exception):
+                    conn.cancel_safe(timeout=2.0)
+                stop.wait(1.0)
+
+        guard = threading.Thread(target=watchdog, name="lab01-sql-watchdog", daemon=True)
+        guard.start()
         try:
             yield conn
         finally:
+            stop.set()
+            guard.join()
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
 
@@ -191,7 +212,7 @@ def faster_than_original(name: str):
                    "reference": _notebook_text(ctx, "reference", name), "submission": sql}
         # One connection of the submission's role, one READ ONLY transaction: the three queries are
         # timed through the same path, and every call must return the original's rows.
-        with _reading(ctx.dsn) as conn:
+        with _reading(ctx.dsn, TIMING_SECONDS) as conn:
             submitted, cut = _submitted_rows(conn, name, sql, expected)
             if cut or submitted != expected:
                 return CheckResult.fail(f"{name} returns different rows from the original, so its speed "
