@@ -51,6 +51,7 @@ STREAM_CHUNK = 1_000
 # timed comparison on one connection at most TIMING_SECONDS.
 STATEMENT_SECONDS = 20
 TIMING_SECONDS = 180
+DDL_SECONDS = 60  # the covering index's CREATE INDEX (an expression can make a build arbitrarily slow)
 
 WRAPPED_HINT = ("a function or arithmetic on created_at hides the column from its index: compare the raw "
                 "column with a half-open range (created_at >= start AND created_at < end)")
@@ -289,7 +290,7 @@ def _why_not_used(trial: "IndexTrial") -> str:
 
 def _with_index(dsn: str, ddl: str, what: str, account_sql: str) -> IndexTrial:
     """Create one index on orders as ``dsn``'s role (one statement), VACUUM, measure, drop it again."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, options=f"-c statement_timeout={DDL_SECONDS * 1000}") as conn:
         before = _indexes(conn)
         created: set = set()
         try:

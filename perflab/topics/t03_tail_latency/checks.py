@@ -36,6 +36,8 @@ from perflab.grading.grader import Check, CheckResult, Exercise, LabSpec, Submis
 
 NAME = "TAIL_INDEXES"
 MAX_INDEXES = 2
+MAX_STATEMENTS = 8            # statements the grader builds at all (more is refused before anything runs)
+DDL_SECONDS = 60              # each statement of the answer runs at most this long
 SIZE_ALLOWANCE = 1.5          # total size of the new indexes vs the reference's
 READ_ALLOWANCE = 1.5          # rows read for the big tenant vs the reference's (+ 50)
 P99_MULTIPLE = 3.0            # big tenant's p99 vs small tenants' p99
@@ -89,6 +91,9 @@ def _submitted(ctx) -> list[str]:
         ddls = [ddls]
     if not isinstance(ddls, list) or not all(isinstance(d, str) for d in ddls):
         raise SubmissionError(f"{NAME} should be a list of CREATE INDEX statements (strings)")
+    if len(ddls) > MAX_STATEMENTS:
+        raise SubmissionError(f"{NAME} has {len(ddls)} statements; the budget is {MAX_INDEXES} indexes, so the "
+                              f"grader does not build more than {MAX_STATEMENTS}")
     for ddl in ddls:
         if not _CREATE_INDEX.match(ddl):
             raise SubmissionError(f"{NAME} may only contain single CREATE INDEX … ON orders … statements; "
@@ -120,7 +125,7 @@ def _measurements(ctx) -> dict:
     try:
         ddls = _submitted(ctx)
         reference, reference_plans = _reference_measurements(ctx)
-        with psycopg.connect(ctx.dsn, autocommit=True) as conn:
+        with psycopg.connect(ctx.dsn, autocommit=True, options=f"-c statement_timeout={DDL_SECONDS * 1000}") as conn:
             created = _apply(conn, ddls, NAME)
             plans = {q: {t: probes.explain(conn, sql, (t,)) for t in (BIG, SMALL[0])} for q, sql in QUERIES.items()}
             generic = {q: generic_plan(conn, sql, BIG) for q, sql in QUERIES.items()}
