@@ -41,6 +41,12 @@ NO_INVALIDATION = '''
 def rename_customer(r, db, customer_id, name):
     db.rename(customer_id, name)  # the cached dashboard lives on until its TTL
 '''
+# The starter, touched but still without a cache: nothing is stale because nothing is cached.
+NO_CACHE = '''
+def get_dashboard(r, db, customer_id):
+    value = db.dashboard(customer_id)
+    return value
+'''
 # Fast and never a query on a hit, but the cache lives in the process: not shared, never invalidated by others.
 IN_PROCESS_CACHE = '''
 def get_dashboard(r, db, customer_id, _cache={}):
@@ -124,3 +130,10 @@ def test_a_lock_in_one_process_does_not_stop_a_herd_of_processes(tiny_data):
 
 def test_rigging_the_herd_inside_the_sandbox_gains_nothing(tiny_data):
     expect(judge([STAMPEDE], get_dashboard=RIGGED_HERD), {STAMPEDE: fails("thundering herd")})
+
+
+def test_without_a_cache_the_invalidation_checks_do_not_pass(tiny_data):
+    # The grader's rule: a check never passes because what it checks did not happen.
+    expect(judge(COUNTED, get_dashboard=NO_CACHE),
+           {CORRECT: fails("not cached"), READ_YOUR_WRITES: fails("nothing is cached"),
+            RACE: fails("nothing is cached"), STAMPEDE: fails("thundering herd")})
