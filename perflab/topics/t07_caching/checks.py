@@ -9,7 +9,7 @@ sandbox. Every number a verdict rests on is taken from outside the sandbox:
 
 * statements: PostgreSQL's log, by the submission's ROLE (every connection it can open is counted);
 * Redis lookups: the sandbox's Redis server's own statistics (INFO keyspace_hits/misses), read by the grader;
-* the truth: the dashboard computed here on the grader's own connection to the clone;
+* the truth: the dashboard computed here, on the grader's own connection to the clone (as the role);
 * times: the grader's clock around the remote call.
 
 Deterministic counters first: correct values, a repeated ``get_dashboard`` runs no statement and is
@@ -88,15 +88,19 @@ def _closing(ctx, prefix: str, sides: tuple[str, ...] = ("submission",)):
                 ctx.call(side, None, prefix, driver=_driver("close"), timeout=CALL_TIMEOUT)
 
 
+# The grader reads and writes the clone through its own connection, logged in as the submission's ROLE,
+# not as the admin: the role owns the clone's tables, and a view or trigger it planted there would run
+# with the privileges of whoever queries it. Never inside a statement probe (the role's statements are
+# the submission's count).
 def _truth(ctx, customer: int) -> dict:
-    """The dashboard as the clone has it now, computed on the grader's own connection (not the sandbox's)."""
-    with caching.ShopDB(ctx.admin_dsn, pool_size=1) as db:
+    """The dashboard as the clone has it now, computed by the grader (not by the sandbox)."""
+    with caching.ShopDB(ctx.dsn, pool_size=1) as db:
         return db.dashboard(customer)
 
 
 def _hot(ctx) -> int:
     if "hot" not in ctx.scratch:
-        with caching.ShopDB(ctx.admin_dsn, pool_size=1) as db:
+        with caching.ShopDB(ctx.dsn, pool_size=1) as db:
             ctx.scratch["hot"] = db.hot_customer()
     return ctx.scratch["hot"]
 
@@ -107,9 +111,18 @@ def _other_than_hot(ctx, customer: int) -> int:
     return customer if customer != hot else customer + 100
 
 
+@contextlib.contextmanager
 def _statements(ctx):
-    """Every statement any connection of the submission's role sends, from PostgreSQL's log."""
-    return probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn)
+    """Every statement any connection of the submission's role sends in the block, from PostgreSQL's log.
+
+    The server writes its log asynchronously: a fence (a statement of the role, waited for in the log)
+    first makes sure nothing sent before the block (the grader's own reads as the role, the sandbox's
+    earlier calls) is still on its way and counted in the block."""
+    with probes.admin_connection(ctx.admin_dsn) as conn:
+        start = probes.log_position(conn)
+    probes.tagged_log_entries(ctx.admin_dsn, ctx.dsn, f"perflab-fence-{secrets.token_hex(6)}", start, role=ctx.role)
+    with probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn) as probe:
+        yield probe
 
 
 def _dashboard_queries(probe) -> int:
@@ -130,7 +143,7 @@ def _redis_lookups(ctx) -> int:
 
 
 def _rename_as_grader(ctx, customer: int, name: str) -> None:
-    with stack.connect(dsn=ctx.admin_dsn) as conn:
+    with stack.connect(dsn=ctx.dsn) as conn:
         conn.execute("UPDATE customers SET name = %s WHERE id = %s", (name, customer))
 
 
