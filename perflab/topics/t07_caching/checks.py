@@ -58,6 +58,8 @@ HIT_REPEAT = 20
 HIT_SLOW_CALL = 0.005
 CALL_TIMEOUT = 15.0
 RACE_TIMEOUT = 45.0
+PARK_TIMEOUT = 15.0  # the reader's query must be waiting on the grader's lock within this
+WRITER_WAIT = 5.0  # a writer still running after this (waiting for the parked reader?) is let through
 HERD_TIMEOUT = 90.0
 
 # The learner's functions may use these without importing them (json, pickle, msgpack, ...).
@@ -312,30 +314,81 @@ def read_your_writes(ctx) -> CheckResult:
     return CheckResult.ok("get_dashboard after rename_customer shows the new name")
 
 
+def _parked_reader(admin, lock: tuple[int, int], role: str) -> str | None:
+    """The query of the role's backend waiting for the grader's advisory lock ``lock``, if one is waiting."""
+    row = admin.execute(
+        "SELECT a.query FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND NOT l.granted AND l.classid::bigint = %s AND l.objid::bigint = %s "
+        "AND l.objsubid = 2 AND a.usename = %s", (lock[0], lock[1], role)).fetchone()
+    return row[0] if row else None
+
+
 def no_stale_set(ctx) -> CheckResult:
+    """The stale-set race, forced from outside the sandbox.
+
+    A reader (``get_dashboard`` in a second sandbox process, on an empty cache) runs its dashboard query;
+    the statement takes its snapshot (the old name) and then waits for an advisory lock the grader holds,
+    which the grader sees in pg_locks. The writer (``rename_customer``, in the first process) runs to the
+    end; then the grader releases the reader, which carries on with the old row. A fresh
+    ``get_dashboard`` must then return what the database has, and be a hit on the next call."""
     customer = _other_than_hot(ctx, 4)
     new_name = f"Renamed {secrets.token_hex(3)}"
-    race = _submitted(ctx, "race", timeout=RACE_TIMEOUT)
-    with _closing(ctx, _prefix()) as prefix:
-        with _statements(ctx) as probe:
-            outcome = race(customer, new_name, prefix)
-        truth = _truth(ctx, customer)  # the grader's own read, after everything the race started has returned
-        after = _submitted(ctx, "get")(customer, prefix)
+    lock = (secrets.randbelow(2**31), secrets.randbelow(2**31))
+    ctx.function("get_dashboard"), ctx.function("rename_customer")  # both load (else: their reason)
+    get, rename = _submitted(ctx, "get"), _submitted(ctx, "rename", "rename_customer", timeout=RACE_TIMEOUT)
+    prefix = _prefix()
+    main, reader_process = _processes(ctx, 2)
+    notes: list[str] = []
+    try:
+        _call_in(reader_process, driver=_driver("ready"), timeout=60)
+        _redis(ctx).flushdb()
+        with stack.connect(dsn=ctx.admin_dsn) as admin:
+            admin.execute("SET search_path = pg_catalog, pg_temp")  # the role owns the clone's public schema
+            admin.execute("SELECT pg_catalog.pg_advisory_lock(%s::int, %s::int)", lock)
+            try:
+                reader = _Background(lambda: _call_in(reader_process, customer, prefix, list(lock),
+                                                        driver=_driver("parked_get"), timeout=RACE_TIMEOUT))
+                deadline = time.monotonic() + PARK_TIMEOUT
+                parked = None
+                while parked is None and not reader.done and time.monotonic() < deadline:
+                    parked = _parked_reader(admin, lock, ctx.role)
+                    if parked is None:
+                        time.sleep(0.02)
+                if parked is None or caching.DASHBOARD_MARKER not in parked:
+                    reader_error = reader.error if reader.done else None
+                    if isinstance(reader_error, SubmissionError):
+                        raise reader_error
+                    return CheckResult.fail(
+                        "the race could not be forced: on a cache miss get_dashboard() must query the database with "
+                        "db.dashboard(customer_id) (the grader holds that reader inside its query) — "
+                        + ("it returned without waiting there" if reader.done else
+                           f"no such query was waiting after {PARK_TIMEOUT:g} s"))
+                writer = _Background(lambda: rename(customer, new_name, prefix))
+                writer.wait(WRITER_WAIT)
+                if not writer.done:
+                    notes.append(f"the writer was still waiting after {WRITER_WAIT:g} s (it waits for the parked "
+                                 "reader?)")
+            finally:
+                admin.execute("SELECT pg_catalog.pg_advisory_unlock_all()")
+        reader.wait(RACE_TIMEOUT)
+        writer.wait(RACE_TIMEOUT)
+        for step in (writer, reader):
+            if not step.done:
+                raise SubmissionError(f"get_dashboard()/rename_customer() did not return within {RACE_TIMEOUT:g} s "
+                                      "of the forced race")
+            if step.error is not None:
+                raise step.error
+        truth = _truth(ctx, customer)  # the grader's own read, after reader and writer have returned
+        if truth["name"] != new_name:
+            return CheckResult.fail("after rename_customer() returned, the database still has the old name: call "
+                                    "db.rename(customer_id, name) (it commits)")
+        after = get(customer, prefix)
         with _statements(ctx) as repeat:
-            _submitted(ctx, "get")(customer, prefix)
-    notes = [str(note) for note in (outcome or {}).get("notes", [])] if isinstance(outcome, dict) else []
-    if truth["name"] != new_name:
-        return CheckResult.fail("after rename_customer() returned, the database still has the old name: call "
-                                "db.rename(customer_id, name) (it commits)")
-    # The race happened only if the server saw the reader's dashboard query before the writer's UPDATE.
-    sql = [s.sql for s in probe.statements]
-    read = next((i for i, text in enumerate(sql) if caching.DASHBOARD_MARKER in text), None)
-    write = next((i for i, text in enumerate(sql) if text.lstrip().upper().startswith("UPDATE CUSTOMERS")), None)
-    if any("never queried" in note for note in notes) or read is None or write is None or read > write:
-        return CheckResult.fail(
-            "the race could not be forced: on a cache miss get_dashboard() must query the database with "
-            "db.dashboard(customer_id) (the grader parks that reader right after its query) before "
-            "rename_customer() runs" + "".join(f" ({note})" for note in notes))
+            get(customer, prefix)
+    finally:
+        _stop(reader_process)
+        with contextlib.suppress(Exception):
+            ctx.call("submission", None, prefix, driver=_driver("close"), timeout=CALL_TIMEOUT)
     if repeat.count:
         return _no_cache_yet(customer, repeat.count)
     if after != truth:
@@ -352,9 +405,31 @@ def no_stale_set(ctx) -> CheckResult:
     return CheckResult.ok("no stale value after the forced race: the old value was not stored")
 
 
-# -- the herd: several sandbox processes, released together by the grader ---------------------------
+class _Background:
+    """``fn()`` in a grader thread: ``done``, ``value``, ``error`` (an exception it raised), ``wait(timeout)``."""
 
-def _herd_processes(ctx, count: int) -> list:
+    def __init__(self, fn) -> None:
+        self.value, self.error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self.value = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the check
+            self.error = exc
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+# -- more sandbox processes: the race's reader, the herd ---------------------------
+
+def _processes(ctx, count: int) -> list:
     """The submission's sandbox and ``count - 1`` more processes in the same jail (same user, limits,
     environment, role and Redis), each with the learner's answers loaded the same way."""
     from perflab.grading.sandbox import Sandbox
@@ -402,17 +477,17 @@ def _in_parallel(processes, call) -> list:
     return results
 
 
-def _herd_call(process, *args, timeout: float, **kwargs):
+def _call_in(process, *args, timeout: float, **kwargs):
     from perflab.grading.sandbox import SandboxCallError, SandboxError, SandboxTimeout
 
     try:
         return process.call("submission", "get_dashboard", *args, timeout=timeout, **kwargs)
     except SandboxCallError as exc:
-        raise SubmissionError(f"get_dashboard() in the herd raised {exc.type_name}: {exc.message}") from None
+        raise SubmissionError(f"get_dashboard() in another sandbox process raised {exc.type_name}: {exc.message}") from None
     except SandboxTimeout as exc:
-        raise SubmissionError(f"the herd's get_dashboard() calls {exc}") from None
+        raise SubmissionError(f"get_dashboard() in another sandbox process {exc}") from None
     except SandboxError as exc:
-        raise SubmissionError(f"the herd's get_dashboard() calls: {exc}") from None
+        raise SubmissionError(f"get_dashboard() in another sandbox process: {exc}") from None
 
 
 def _first_error(outcomes):
@@ -430,16 +505,16 @@ def no_stampede(ctx) -> CheckResult:
     old_name = _truth(ctx, hot)["name"]
     # A name nobody has seen: a value remembered from an earlier check (in Redis or in a process) is wrong now.
     herd_name = f"Herd {secrets.token_hex(4)}"
-    processes = _herd_processes(ctx, HERD_PROCESSES)
+    processes = _processes(ctx, HERD_PROCESSES)
     try:
         _rename_as_grader(ctx, hot, herd_name)
         truth = _truth(ctx, hot)
         _redis(ctx).flushdb()
-        _first_error(_in_parallel(processes, lambda p: _herd_call(
+        _first_error(_in_parallel(processes, lambda p: _call_in(
             p, hot, prefix, HERD_POOL_SIZE, driver=_driver("herd_prepare"), timeout=60)))
         start_at = time.time() + 0.5
         with _statements(ctx) as probe:
-            outcomes = _in_parallel(processes, lambda p: _herd_call(
+            outcomes = _in_parallel(processes, lambda p: _call_in(
                 p, hot, prefix, per_process, HERD_POOL_SIZE, start_at, timeout=HERD_TIMEOUT,
                 driver=_driver("herd")))
         _first_error(outcomes)

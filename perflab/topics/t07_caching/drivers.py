@@ -8,9 +8,9 @@ throwaway Redis (``REDIS_URL``, through `stack.redis_client`). ``answers.get_das
 starter's).
 
 Nothing returned from here is trusted for a pass: the grader counts statements per role in
-PostgreSQL's log, reads the Redis server's own statistics, and computes the truth on its own
-connection. What comes back is only what the learner's function returned (to compare with that
-truth) and notes that can only make a check fail.
+PostgreSQL's log, reads the Redis server's own statistics, watches pg_locks, and computes the truth on
+its own connection. What comes back is only what the learner's function returned (to compare with
+that truth).
 """
 from __future__ import annotations
 
@@ -69,15 +69,39 @@ def rename(answers, customer_id: int, name: str, prefix: str) -> Any:
     return answers.rename_customer(_redis(), _db(prefix), customer_id, name)
 
 
-def race(answers, customer_id: int, new_name: str, prefix: str) -> dict:
-    """The stale-set interleaving forced with events (`caching.stale_set_race`), on a fresh ShopDB.
+# The dashboard query of a reader the grader parks from outside: the statement takes its snapshot (the old
+# row) when it starts, then waits for a shared advisory lock the grader holds; the grader lets it go
+# after the writer has returned. The grader sees it waiting in pg_locks, whatever the learner's code does.
+PARKED_DASHBOARD_SQL = caching.DASHBOARD_SQL.replace(
+    "/* perflab:dashboard */",
+    "/* perflab:dashboard (parked by the grader) */\n"
+    "WITH parked AS MATERIALIZED (SELECT pg_catalog.pg_advisory_xact_lock_shared(%s::int, %s::int))", 1,
+).replace("FROM customers c", "FROM parked, customers c", 1)
 
-    Returns the notes only (e.g. "the reader never queried"): whether the cache ended up stale is
-    judged by the grader, with its own reads."""
-    with caching.ShopDB(os.environ["DATABASE_URL"], prefix=prefix, pool_size=4) as db:
-        outcome = caching.stale_set_race(answers.get_dashboard, answers.rename_customer, _redis(), db,
-                                         customer_id, new_name)
-    return {"notes": list(outcome.notes), "writer_seconds": outcome.writer_seconds}
+
+class ParkedShopDB(caching.ShopDB):
+    """A ShopDB whose dashboard query waits, after its snapshot, for the grader's advisory lock ``lock``."""
+
+    _dashboard_sql = PARKED_DASHBOARD_SQL
+
+    def __init__(self, dsn: str, *, lock: tuple[int, int], **kwargs) -> None:
+        super().__init__(dsn, **kwargs)
+        self.lock = (int(lock[0]), int(lock[1]))
+
+    def _dashboard_params(self, customer_id: int) -> tuple:
+        return (*self.lock, customer_id)
+
+
+def ready(answers) -> int:
+    """Nothing: the process is up, with the answers loaded (the grader starts one before a timed step)."""
+    _redis().ping()
+    return os.getpid()
+
+
+def parked_get(answers, customer_id: int, prefix: str, lock: list) -> Any:
+    """``get_dashboard`` whose database query is parked by the grader (see `ParkedShopDB`)."""
+    with ParkedShopDB(os.environ["DATABASE_URL"], prefix=prefix, pool_size=1, lock=tuple(lock)) as db:
+        return answers.get_dashboard(_redis(), db, customer_id)
 
 
 def herd_prepare(answers, customer_id: int, prefix: str, pool_size: int) -> int:
