@@ -83,6 +83,20 @@ def get_dashboard(r, db, customer_id, _rig=__import__("perflab.topics.t07_cachin
     return value
 '''
 
+# A plain cache that goes round the grader's parking: its reader queries through a ShopDB of its own.
+RIGGED_RACE = '''
+def get_dashboard(r, db, customer_id):
+    key = db.key("dashboard", customer_id)
+    cached = r.get(key)
+    if cached is not None:
+        return json.loads(cached)
+    rig = __import__("perflab.topics.t07_caching.rig", fromlist=["ShopDB"])
+    with rig.ShopDB(db.dsn, prefix=db.prefix, pool_size=1) as plain:
+        value = plain.dashboard(customer_id)
+    r.set(key, json.dumps(value), ex=300)
+    return value
+'''
+
 
 def judge(checks: list, **replaced) -> dict:
     """Run only ``checks`` (keys ``(exercise, name)``) on the solution's answers with ``replaced`` swapped
@@ -137,3 +151,8 @@ def test_without_a_cache_the_invalidation_checks_do_not_pass(tiny_data):
     expect(judge(COUNTED, get_dashboard=NO_CACHE),
            {CORRECT: fails("not cached"), READ_YOUR_WRITES: fails("nothing is cached"),
             RACE: fails("nothing is cached"), STAMPEDE: fails("thundering herd")})
+
+
+def test_rigging_the_race_inside_the_sandbox_gains_nothing(tiny_data):
+    expect(judge([RACE], get_dashboard=RIGGED_RACE, rename_customer=DELETE_ON_WRITE),
+           {RACE: fails("could not be forced")})
