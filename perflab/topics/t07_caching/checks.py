@@ -509,6 +509,9 @@ def no_stampede(ctx) -> CheckResult:
     try:
         _rename_as_grader(ctx, hot, herd_name)
         truth = _truth(ctx, hot)
+        if truth["name"] != herd_name:
+            return CheckResult.fail(f"the grader renamed customer {hot} to {herd_name!r} in your copy of the data, but "
+                                    f"its dashboard still says {truth['name']!r}: the customers table was changed")
         _redis(ctx).flushdb()
         _first_error(_in_parallel(processes, lambda p: _call_in(
             p, hot, prefix, HERD_POOL_SIZE, driver=_driver("herd_prepare"), timeout=60)))
