@@ -14,9 +14,11 @@ sandbox. Every number a verdict rests on is taken from outside the sandbox:
 
 Deterministic counters first: correct values, a repeated ``get_dashboard`` runs no statement and is
 served by Redis (and, once the grader has emptied that Redis, queries again: a value kept in the
-process is not a shared cache); read-your-writes; the stale-set race forced with events; a herd of
-100 calls from several sandbox processes released at once on an empty cache: at most
-``MAX_STAMPEDE_QUERIES`` statements, every call gets the (freshly renamed) right value.
+process is not a shared cache); read-your-writes; the stale-set race, forced from outside (the
+reader, in a second sandbox process, is held inside its query by an advisory lock the grader holds and
+sees in pg_locks, while the writer runs); a herd of 100 calls from several sandbox processes released
+at once on an empty cache: at most ``MAX_STAMPEDE_QUERIES`` statements, every call gets the (freshly
+renamed) right value. The invalidation checks pass only where there is a cache to invalidate.
 
 Time only as a ratio in the same run, behind the noise gate: a hit against the query itself.
 """
