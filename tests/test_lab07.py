@@ -97,6 +97,17 @@ def get_dashboard(r, db, customer_id):
     return value
 '''
 
+# The solution, plus a trap for the grader's superuser connection: on its first call it plants a function in
+# the clone's public schema (the role owns it) that an unqualified pg_read_binary_file(text, int4, ...) on an
+# admin connection would pick over the built-in, and run as the superuser (here it only raises).
+PLANTS_A_TRAP = solution_answers("07")["get_dashboard"].source.replace(
+    "def get_dashboard(r, db, customer_id):", '''def get_dashboard(r, db, customer_id, _planted=[]):
+    if not _planted:
+        _planted.append(True)
+        with db.transaction() as conn:
+            conn.execute("CREATE FUNCTION public.pg_read_binary_file(text, integer, bigint, boolean) RETURNS bytea "
+                         "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the trap ran as %', current_user; END $$")''', 1)
+
 
 def judge(checks: list, **replaced) -> dict:
     """Run only ``checks`` (keys ``(exercise, name)``) on the solution's answers with ``replaced`` swapped
@@ -156,3 +167,8 @@ def test_without_a_cache_the_invalidation_checks_do_not_pass(tiny_data):
 def test_rigging_the_race_inside_the_sandbox_gains_nothing(tiny_data):
     expect(judge([RACE], get_dashboard=RIGGED_RACE, rename_customer=DELETE_ON_WRITE),
            {RACE: fails("could not be forced")})
+
+
+def test_a_function_planted_for_the_graders_superuser_connection_never_runs(tiny_data):
+    # Were the trap called by the grader's log reader, the check would crash ("error"), not pass.
+    expect(judge([CORRECT], get_dashboard=PLANTS_A_TRAP), {CORRECT: passes()})
