@@ -45,7 +45,9 @@ class RunDatabase:
     name: str       # the clone (also the role's name)
     role: str
     dsn: str        # logs in as the role: what the sandbox gets
-    admin_dsn: str  # the grader's own (superuser) connection to the clone: never given to the sandbox
+    admin_dsn: str  # the grader's own (superuser) connection to the clone: never given to the sandbox.
+    # Its search_path is pg_catalog first, fixed at connection start: the role owns the clone's public schema
+    # and could plant a public.pg_read_binary_file(...) that a superuser's unqualified call would run.
 
 
 def _admin():
@@ -123,7 +125,7 @@ def run_database(scale: str | None = None) -> Iterator[RunDatabase]:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY OWNER "{name}"')
             _revoke_public_connect(conn)
             _log_connections(conn)
-        admin_dsn = running.dsn(name)
+        admin_dsn = _pinned_search_path(running.dsn(name))
         with stack.connect(dsn=admin_dsn) as conn:
             for kind, relkinds in (("TABLE", "rp"), ("SEQUENCE", "S"), ("VIEW", "v"), ("MATERIALIZED VIEW", "m")):
                 rows = conn.execute(
@@ -138,6 +140,11 @@ def run_database(scale: str | None = None) -> Iterator[RunDatabase]:
     finally:
         with _admin() as conn:
             _drop(conn, name)
+
+
+def _pinned_search_path(dsn: str) -> str:
+    """``dsn`` with ``search_path=pg_catalog,pg_temp`` as a startup option (it wins over ALTER DATABASE/ROLE)."""
+    return stack.with_params(dsn, options="-c search_path=pg_catalog,pg_temp")
 
 
 def _literal(conn, value: str) -> str:
