@@ -135,7 +135,7 @@ def run_database(scale: str | None = None) -> Iterator[RunDatabase]:
                     "AND d.deptype IN ('a', 'i'))", (list(relkinds),)).fetchall()
                 for (relation,) in rows:
                     conn.execute(f'ALTER {kind} {relation} OWNER TO "{name}"')
-        dsn = _role_dsn(admin_dsn, name, password)
+        dsn = _role_dsn(running.dsn(name), name, password)
         yield RunDatabase(name=name, role=name, dsn=dsn, admin_dsn=admin_dsn)
     finally:
         with _admin() as conn:
