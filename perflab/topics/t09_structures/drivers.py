@@ -58,9 +58,10 @@ def edge_case(answers, name: str, index: int):
     return answers[name](*[list(argument) for argument in EDGE_CASES[name][index]])
 
 
-def timed(answers, name: str, n: int, seed: int):
-    """One call for timing: the result's size and digest come back, not the rows."""
-    value = answers[name](*_inputs(name, n, seed))
+def timed(answers, name: str, n: int, seed: int, repeat: int = 1):
+    """``repeat`` calls for timing, each on a fresh copy: the last result's size and digest come back, not the rows."""
+    for _ in range(repeat):
+        value = answers[name](*_inputs(name, n, seed))
     return [len(value) if hasattr(value, "__len__") else -1, hashlib.sha1(repr(value).encode()).hexdigest()]
 
 
