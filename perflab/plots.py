@@ -18,7 +18,11 @@ import math
 import re
 import textwrap
 import unicodedata
+import json
+import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -28,7 +32,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from perflab import paths
-from perflab.harness import Comparison, Sweep, format_seconds, time_unit
+from perflab.units import HOURS_PER, format_seconds, time_unit
+
+if TYPE_CHECKING:  # the harness imports plots lazily (res.plot()); plots never imports the harness
+    from perflab.harness import Comparison, Sweep
 
 __all__ = ["style", "bars", "scaling", "save", "variant_colors", "COURSE_STYLE",
            "latency_distribution", "memory_bars", "waterfall", "profile_bars"]
@@ -281,12 +288,42 @@ def _slug(name: str) -> str:
     return slug
 
 
+FIGURE_NOTES = "figure-notes"  # inside BUILD_DIR: one JSON per saved figure (whose it is, its title)
+
+
+def figure_title(fig: Figure) -> str | None:
+    """The figure's own title: its suptitle, else the first non-empty axes title."""
+    suptitle = getattr(fig, "_suptitle", None)
+    if suptitle is not None and suptitle.get_text().strip():
+        return suptitle.get_text().strip()
+    for ax in fig.axes:
+        for loc in ("center", "left", "right"):
+            text = ax.get_title(loc=loc).strip()
+            if text:
+                return " ".join(text.split())
+    return None
+
+
 def save(fig: Figure, name: str) -> Path:
-    """Write ``fig`` as ``<FIGURES_DIR>/<slug of name>.png`` (created if needed); return the path."""
+    """Write ``fig`` as ``<FIGURES_DIR>/<slug of name>.png`` (created if needed); return the path.
+
+    Beside it, ``<BUILD_DIR>/figure-notes/<slug>.json`` records which notebook saved it (the
+    ``PERFLAB_NOTEBOOK`` that ``make run`` sets), its title and when, so the report shows every
+    figure under its topic, in the order the story made it. ``fig.perflab_path`` remembers the file.
+    """
     directory = Path(paths.FIGURES_DIR)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{_slug(name)}.png"
     fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight", facecolor="white")
+    fig.perflab_path = path
+    note = {"file": path.name, "notebook": os.environ.get("PERFLAB_NOTEBOOK") or None,
+            "title": figure_title(fig), "name": name, "sequence": time.time_ns()}
+    notes = Path(paths.BUILD_DIR) / FIGURE_NOTES
+    try:
+        notes.mkdir(parents=True, exist_ok=True)
+        (notes / f"{path.stem}.json").write_text(json.dumps(note, ensure_ascii=False), encoding="utf-8")
+    except OSError:  # a read-only build folder must not stop a notebook; the file name still places it
+        pass
     return path
 
 
