@@ -146,12 +146,16 @@ def headline_from_rows(rows: list[dict], *, limit: int = 4) -> str | None:
     if not rows:
         return None
     columns = list(rows[0])
-    label = _label_column(columns) or columns[0]
+    label = _label_column(columns)
+    if label is None and isinstance(rows[0].get(columns[0]), str):
+        label = columns[0]
     numeric = [c for c in columns if c != label and all(
-        isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) for r in rows)][:2]
+        isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) for r in rows)]
     if not numeric or len(rows) > limit:
         return None
-    return " · ".join(f"{r.get(label)}: " + ", ".join(f"{c} {format_number(r[c])}" for c in numeric)
+    if label is None:
+        return " · ".join(", ".join(f"{c} {format_number(r[c])}" for c in numeric[:4]) for r in rows)
+    return " · ".join(f"{format_value(r.get(label))}: " + ", ".join(f"{c} {format_number(r[c])}" for c in numeric[:2])
                       for r in rows)
 
 
@@ -163,31 +167,9 @@ class Record(ResultMixin):
         self.kind = str(data.pop("kind", None) or "record")
         self._title = data.pop("title", None)
         given = data.pop("headline", None)
-        rows = None
-        for key in ("rows", "table", "trials", "peaks", "functions", "percentiles"):
-            rows = _rows_of(data.get(key))
-            if rows is not None:
-                data.pop(key)
-                break
-        if rows is None:
-            for key, value in list(data.items()):
-                rows = _rows_of(value)
-                if rows is not None:
-                    data.pop(key)
-                    break
-        if rows is None and data and all(isinstance(v, Mapping) for v in data.values()):
-            # {name: {field: value}} (e.g. one summary per run): one row per name
-            rows = [{"name": str(k), **{f: (format_value(x) if isinstance(x, (Mapping, list)) else x)
-                                         for f, x in v.items()}} for k, v in data.items()]
-            data = {}
-        if rows is None and data and all(not isinstance(v, (Mapping, list)) or _short_list(v)
-                                         for v in data.values()):
-            # flat scalars (a fit's parameters): one row
-            rows = [{k: (format_value(v) if isinstance(v, list) else v) for k, v in data.items()}]
-            data = {}
-        self._rows = rows or []
+        self._details_data = dict(data)  # kept whole: summary.json loses nothing the notebook gave
+        self._rows = _rows_from(data)
         self._headline = given if isinstance(given, str) else headline_from_rows(self._rows)
-        self._details_data = data
 
     @property
     def title(self) -> str | None:
@@ -204,6 +186,29 @@ class Record(ResultMixin):
 
     def _details(self) -> dict:
         return {"details": self._details_data} if self._details_data else {}
+
+
+def _rows_from(data: dict) -> list[dict]:
+    """The tidy rows in a dict: its list of records, or one row per {name: {...}}, or one row of scalars."""
+    for key in ("rows", "table", "trials", "peaks", "functions", "percentiles"):
+        rows = _rows_of(data.get(key))
+        if rows is not None:
+            return rows
+    for value in data.values():
+        rows = _rows_of(value)
+        if rows is not None:
+            return rows
+    if data and all(isinstance(v, Mapping) for v in data.values()):
+        return [{"name": str(k), **{f: (format_value(x) if isinstance(x, (Mapping, list)) else x)
+                                     for f, x in v.items()}} for k, v in data.items()]
+    flat = [(k, v) for k, v in data.items() if isinstance(v, Mapping)
+            and v and all(isinstance(x, (int, float)) for x in v.values())]
+    if len(flat) == 1:  # {"rss_growth_mib": {variant: number}}: one row per variant
+        key, values = flat[0]
+        return [{"variant": str(k), key: v} for k, v in values.items()]
+    if data and all(not isinstance(v, (Mapping, list)) or _short_list(v) for v in data.values()):
+        return [{k: (format_value(v) if isinstance(v, (list, tuple)) else v) for k, v in data.items()}]
+    return []
 
 
 def _short_list(value: Any) -> bool:
