@@ -387,6 +387,14 @@ def ledger_rows(results: list[dict], printed: list[dict], scale: str | None) -> 
         rows.append(base | {"name": None, "measured": None, "ci": "", "verdict": NOT_RUN,
                             "why": "its notebook did not run or did not record it", "notebook": claim.topic,
                             "cell": None, "cell_id": None})
+    for entry in printed:  # printed but unknown to the ledger: shown, flagged (a test fails on these)
+        if find(entry.get("name", "")) is None:
+            rows.append({"id": "unlisted-" + slug(entry.get("name", "claim")), "topic": entry.get("notebook"),
+                         "claim": entry.get("name"), "article": entry.get("article"),
+                         "judged": "NOT IN THE LEDGER: add it to perflab/claims.py", "scale": entry.get("scale") or scale,
+                         "name": entry.get("name"), "measured": entry.get("measured"), "ci": "",
+                         "verdict": classify(entry.get("verdict")), "why": entry.get("verdict"),
+                         "notebook": entry.get("notebook"), "cell": entry.get("cell"), "cell_id": entry.get("cell_id")})
     return rows
 
 

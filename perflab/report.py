@@ -907,3 +907,62 @@ def write_index() -> Path:
     index = build / "index.html"
     index.write_text(_page("perflab — course report", body), encoding="utf-8")
     return index
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking the report (tests/test_report.py runs this on a tiny run)
+
+_DECIMAL = re.compile(r"(?<![\w.])\d[\d,]*\.\d+(?![\w.])")
+_RAW_DICT = re.compile(r"\{\s*['\"][^'\"]+['\"]\s*:|\[\s*\{|\b\w+\s*=\s*\{")
+
+
+def _visible_text(page: str) -> str:
+    """The text a reader sees, without code (a cell's first line is source, not a printed value)."""
+    page = re.sub(r"<style.*?</style>", " ", page, flags=re.S)
+    page = re.sub(r"<code>.*?</code>", " ", page, flags=re.S)
+    page = re.sub(r"<[^>]+>", " ", page)
+    return html.unescape(page)
+
+
+def audit(build: Path | None = None) -> list[str]:
+    """What is wrong with the report in ``build`` (default BUILD_DIR), as sentences; [] when nothing is.
+
+    - every image in ``figures/`` is shown on the page of the topic that saved it;
+    - every printed claim is in ``summary.json``'s ledger and on ``ledger.html``, judged;
+    - no page prints a raw dict or a number with more than 4 significant digits.
+    """
+    from perflab.units import MAX_DIGITS, significant_digits
+
+    build = Path(build or paths.BUILD_DIR)
+    problems = []
+    summary = json.loads((build / "summary.json").read_text(encoding="utf-8"))
+    pages = {p.name: p.read_text(encoding="utf-8") for p in build.glob("*.html")
+             if p.name in ("index.html", "ledger.html") or p.name.startswith("topic-")}
+    stems = [p[len("topic-"):-len(".html")] for p in pages if p.startswith("topic-")]
+    placed = _figures_by_notebook(sorted(stems, key=lambda s: _story_order({"notebook": s})))
+    for owner, figures in placed.items():
+        for figure in figures:
+            page = f"topic-{owner}.html"
+            if not owner:
+                problems.append(f"{figure['file']} belongs to no topic (saved outside a notebook, named after none)")
+            elif f"src='{figure['file']}'" not in pages.get(page, ""):
+                problems.append(f"{figure['file']} is not shown on {page}")
+    rows = (summary.get("ledger") or {}).get("rows") or []
+    ledger_page = _visible_text(pages.get("ledger.html", ""))
+    for claim in summary.get("claims") or []:
+        mine = [r for r in rows if r.get("name") == claim.get("name") and r.get("notebook") == claim.get("notebook")]
+        if not mine or any(r["id"].startswith("unlisted-") for r in mine):
+            problems.append(f"the claim {claim.get('name')!r} ({claim.get('notebook')}) is not in summary.json's "
+                            "ledger (perflab/claims.py)")
+            continue
+        measured = _visible_text(html.escape(tame_numbers(str(claim.get("measured") or ""))))
+        if measured.strip() and " ".join(measured.split()) not in " ".join(ledger_page.split()):
+            problems.append(f"the claim {claim.get('name')!r} is not on ledger.html")
+    for name, page in sorted(pages.items()):
+        text = _visible_text(page)
+        for token in _DECIMAL.findall(text):
+            if significant_digits(token) > MAX_DIGITS:
+                problems.append(f"{name} prints {token} (more than {MAX_DIGITS} significant digits)")
+        for match in _RAW_DICT.finditer(text):
+            problems.append(f"{name} prints a raw dict or list: …{text[max(0, match.start() - 30):match.end() + 30]}…")
+    return problems

@@ -194,3 +194,35 @@ def test_run_course_runs_every_notebook_reports_failures_and_continues(build, tm
     page = (build / "index.html").read_text()
     assert "fast: 3x faster than slow" in page and "01_ok.ipynb title" in page
     assert "ZeroDivisionError" in (build / "topic-02_fails.html").read_text()
+
+
+def test_audit_finds_unplaced_figures_missing_claims_raw_dicts_and_long_numbers(build):
+    (build / "figures").mkdir(parents=True)
+    (build / "figures" / "zz_nobody.png").write_bytes(b"png")
+    report.record("01_x", "demo", {"headline": "rate 526.1737146580149 req/s", "rows": [{"variant": "a", "ms": 1.23456}]},
+                  counters={"per tenant": [{"variant": "big", "p99": 3.14159}]})
+    report.record_claim("01_x", {"name": "not in the ledger", "measured": "3x", "verdict": "reproduced"})
+    report.build_summary()
+    report.write_index()
+    topic = (build / "topic-01_x.html").read_text()
+    assert "526.2" in topic and "526.17" not in topic       # long floats are rounded on the page
+    assert "{'variant'" not in topic and "big" in topic     # nested counters become readable text
+    problems = report.audit(build)
+    assert any("zz_nobody.png belongs to no topic" in p for p in problems)
+    assert any("'not in the ledger'" in p and "summary.json" in p for p in problems)
+    assert not any("significant digits" in p or "raw dict" in p for p in problems), problems
+
+
+@pytest.mark.notebook
+def test_the_tiny_run_shows_every_figure_and_claim_and_only_readable_numbers(tiny_data, tmp_path, monkeypatch):
+    """The report of a real run at tiny scale: every figure under its topic, every printed claim in the
+    ledger (page and summary.json), no raw dict, no number with more than 4 significant digits."""
+    build = tmp_path / "build"
+    monkeypatch.setattr(paths, "BUILD_DIR", build)
+    monkeypatch.setattr(paths, "RESULTS_DIR", build / "results")
+    monkeypatch.setattr(paths, "FIGURES_DIR", build / "figures")
+    failed = report.run_course(scale="tiny", progress=False, cell_timeout=600)
+    assert failed == []
+    summary = strict_json(build / "summary.json")
+    assert summary["claims"] and list((build / "figures").glob("*.png"))
+    assert report.audit(build) == []
