@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from perflab.results import ResultMixin, attach_figure
-from perflab.units import format_bytes
+from perflab.units import format_bytes, format_factor
 
 __all__ = ["MemoryPeak", "MemoryComparison", "peak", "compare_peaks", "format_bytes", "frozen_heap"]
 
@@ -112,7 +112,7 @@ class MemoryComparison(ResultMixin):
             return str(self.baseline)
         best = min(self.peaks[1:], key=lambda p: p.peak_bytes)
         factor = self.baseline.peak_bytes / max(best.peak_bytes, 1)
-        return (f"{best.label}: {factor:,.1f}x less memory at peak than {self.baseline.label} "
+        return (f"{best.label}: {format_factor(factor)}x less memory at peak than {self.baseline.label} "
                 f"({format_bytes(best.peak_bytes)} vs {format_bytes(self.baseline.peak_bytes)})")
 
     @property

@@ -151,6 +151,7 @@ def headline_from_rows(rows: list[dict], *, limit: int = 4) -> str | None:
         label = columns[0]
     numeric = [c for c in columns if c != label and all(
         isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) for r in rows)]
+    numeric.sort(key=lambda c: len({r[c] for r in rows}) == 1)  # the columns that tell the rows apart first
     if not numeric or len(rows) > limit:
         return None
     if label is None:
@@ -201,6 +202,11 @@ def _rows_from(data: dict) -> list[dict]:
     if data and all(isinstance(v, Mapping) for v in data.values()):
         return [{"name": str(k), **{f: (format_value(x) if isinstance(x, (Mapping, list)) else x)
                                      for f, x in v.items()}} for k, v in data.items()]
+    lists = {k: v for k, v in data.items() if isinstance(v, (list, tuple)) and len(v) >= 2
+             and all(isinstance(x, (int, float, str)) for x in v)}
+    lengths = {len(v) for v in lists.values()}
+    if len(lists) >= 2 and len(lengths) == 1:  # {"fan_out": [...], "simulated": [...]}: one row per position
+        return [dict(zip(lists, values)) for values in zip(*lists.values())]
     flat = [(k, v) for k, v in data.items() if isinstance(v, Mapping)
             and v and all(isinstance(x, (int, float)) for x in v.values())]
     if len(flat) == 1:  # {"rss_growth_mib": {variant: number}}: one row per variant
