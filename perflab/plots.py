@@ -313,16 +313,17 @@ FIGURE_NOTES = "figure-notes"  # inside BUILD_DIR: one JSON per saved figure (wh
 
 
 def figure_title(fig: Figure) -> str | None:
-    """The figure's own title: its suptitle, else the first non-empty axes title."""
+    """The figure's own title, for its caption: the suptitle and every panel's title, in order."""
+    parts = []
     suptitle = getattr(fig, "_suptitle", None)
     if suptitle is not None and suptitle.get_text().strip():
-        return suptitle.get_text().strip()
+        parts.append(" ".join(suptitle.get_text().split()))
     for ax in fig.axes:
         for loc in ("center", "left", "right"):
-            text = ax.get_title(loc=loc).strip()
-            if text:
-                return " ".join(text.split())
-    return None
+            text = " ".join(ax.get_title(loc=loc).split())
+            if text and text not in parts:
+                parts.append(text)
+    return " · ".join(parts) or None
 
 
 def save(fig: Figure, name: str) -> Path:

@@ -563,7 +563,8 @@ nav { font-size: .9rem; margin-bottom: 1rem; } nav a { margin-right: 1rem; }
 .headline { font-size: 1.02rem; margin: .2rem 0 .5rem; }
 table { border-collapse: collapse; margin: .6rem 0; font-size: .88rem; }
 th, td { text-align: left; padding: .2rem .8rem .2rem 0; vertical-align: top; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+body.wide { max-width: 84rem; }
 th { color: #555; font-weight: 600; border-bottom: 1px solid #ddd; }
 .ok { color: #1a7f37; font-weight: 600; } .failed { color: #cf222e; font-weight: 600; }
 .v-holds { color: #1a7f37; font-weight: 600; } .v-weaker { color: #9a6700; font-weight: 600; }
@@ -599,10 +600,18 @@ def _notebook_title(build: Path, stem: str) -> str | None:
     return None
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, body: str, *, wide: bool = False) -> str:
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>{body}</body></html>\n")
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body{' class=wide' if wide else ''}>"
+            f"{body}</body></html>\n")
+
+
+def _heading(stem: str, title: str | None) -> str:
+    """"05 · Connect once, …" (the notebook's own heading usually starts with its number already)."""
+    if not title:
+        return stem
+    return title if title.startswith(stem[:2]) else f"{stem[:2]} · {title}"
 
 
 def _nav(*links: tuple[str, str]) -> str:
@@ -712,7 +721,11 @@ def _ledger_table(rows: list[dict], *, with_topic: bool) -> str:
     body = []
     for row in rows:
         measured = row.get("measured") or "—"
-        ci = f"<br><span class='meta'>{_e(row['ci'])}</span>" if row.get("ci") else ""
+        ci = (f"<br><span class='meta'>{_e(row['ci'])}</span>"
+              if row.get("ci") and "95% CI" not in str(measured) else "")
+        if row.get("name") and not str(row.get("id", "")).startswith("unlisted-"):
+            measured = f"{measured}"
+            ci += f"<br><span class='meta'>printed as: {_e(row['name'])}</span>"
         scale = f"<br><span class='meta'>scale {_e(row.get('scale'))}</span>" if row.get("measured") else ""
         topic = ""
         if with_topic:
@@ -757,7 +770,11 @@ def _figures_by_notebook(stems: list[str]) -> dict[str, list[dict]]:
     return placed
 
 
-def _topic_headline(mine: list[dict]) -> str:
+def _topic_headline(mine: list[dict], rows: list[dict]) -> str:
+    """The topic's one line: its first judged claim of the article, else its first result's headline."""
+    for row in rows:
+        if row.get("measured") and row.get("name"):
+            return f"{row['name']}: {row['measured']} ({row['verdict']})"
     for entry in mine:
         if entry.get("headline"):
             return entry["headline"]
@@ -814,7 +831,7 @@ def _topic_page(stem: str, title: str | None, run: dict, mine: list[dict], figur
         if figure["file"] not in attached:
             story.append((figure["sequence"], _figure_html(figure["file"], figure.get("title"))))
     story.sort(key=lambda item: item[0])
-    heading = f"{stem[:2]} · {title}" if title else stem
+    heading = _heading(stem, title)
     body = (_nav(*links) + f"<h1>{_e(heading)}</h1>" + _status(run)
             + ("".join(html for _, html in story) or "<p>Nothing was recorded for this topic.</p>")
             + (f"<h2>Claims of the article</h2>{_ledger_table(ledger_rows, with_topic=False)}" if ledger_rows else "")
@@ -849,7 +866,7 @@ def _ledger_page(summary: dict) -> str:
             + f"<p class='meta'>{tally}</p>"
             + f"<p class='meta'>{_e(ledger.get('out_of_scope'))}</p>"
             + _ledger_table(rows, with_topic=True))
-    return _page("perflab — claims ledger", body)
+    return _page("perflab — claims ledger", body, wide=True)
 
 
 def write_index() -> Path:
@@ -879,8 +896,10 @@ def write_index() -> Path:
         state = ("<span class='ok'>ran</span>" if run.get("ok") else
                  "<span class='failed'>failed</span>" if run else "<span class='meta'>not run</span>")
         seconds = _e(format_seconds(run["seconds"])) if run.get("seconds") is not None else ""
-        lines.append(f"<tr><td><a href='{_e(page.name)}'>{_e(stem[:2])} · {_e(title or stem)}</a></td>"
-                     f"<td>{state}</td><td class='num'>{seconds}</td><td>{_e(_topic_headline(mine))}</td></tr>")
+        printed_order = {c.get("name"): i for i, c in enumerate(summary.get("claims") or []) if c.get("notebook") == stem}
+        judged = sorted((r for r in rows if r.get("name") in printed_order), key=lambda r: printed_order[r["name"]])
+        lines.append(f"<tr><td><a href='{_e(page.name)}'>{_e(_heading(stem, title))}</a></td>"
+                     f"<td>{state}</td><td class='num'>{seconds}</td><td>{_e(_topic_headline(mine, judged))}</td></tr>")
     unplaced = figures.get("", [])
     extra = ""
     if unplaced:  # saved outside any notebook run and not named after one: say so rather than hide them

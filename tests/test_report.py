@@ -139,7 +139,7 @@ def test_write_index_links_pages_figures_headlines_and_failures(build):
     report.build_summary()
     page = report.write_index().read_text()
     assert "<a href='topic-02_sargable.html'>" in page and "<a href='topic-03_pools.html'>" in page
-    assert "range: 212x faster than EXTRACT (95% CI 190x–240x)" in page  # the topic's one-line headline
+    assert "range &lt;b&gt;vs&lt;/b&gt; YEAR(): 212x" in page  # the topic's line: its first claim, escaped
     assert "Other figures" not in page and "Figures saved outside a notebook" in page
     assert "figures/zz_unrelated.png" in page  # named after no notebook: shown, and said so
     assert "16.2" in page and "1/2 notebooks ran" in page and "ledger.html" in page
