@@ -83,9 +83,16 @@ def judge_ratio(value: float | None, low: float | None, high: float | None, thre
     return WEAKER, f"a clear gain, smaller than {threshold:g}x"
 
 
-def _by_ratio(threshold: float) -> Callable[[dict], tuple[str, str, str]]:
+def _by_ratio(threshold: float, fast: str | None = None) -> Callable[[dict], tuple[str, str, str]]:
+    """Judge the default ratio (or the one whose fast variant contains ``fast``) against ``threshold``."""
     def judge(entry: dict) -> tuple[str, str, str]:
         ratio = _ratio_of(entry)
+        if fast:
+            chosen = next((r for r in (entry.get("result") or {}).get("ratios") or []
+                           if fast in str(r.get("variant") or "")), None)
+            if chosen:
+                ratio = {"value": chosen.get("ratio"), "ci_low": chosen.get("ci_low"), "ci_high": chosen.get("ci_high"),
+                         "headline": f"{chosen['variant']} vs {chosen.get('baseline')}: {chosen.get('text')}"}
         if not ratio:
             return entry.get("headline") or "recorded", NOT_RUN, "the result has no ratio"
         verdict, why = judge_ratio(ratio.get("value"), ratio.get("ci_low"), ratio.get("ci_high"), threshold)
@@ -201,10 +208,16 @@ def _total_drop(entry: dict) -> tuple[str, str, str]:
     return measured, WEAKER if factor > 1 else CONTRADICTED, f"the top offenders' time changed {format_factor(factor)}x"
 
 
-def _headline_only(verdict: str, why: str) -> Callable[[dict], tuple[str, str, str]]:
-    def judge(entry: dict) -> tuple[str, str, str]:
-        return entry.get("headline") or "recorded", verdict, why
-    return judge
+def _list_peak(entry: dict, claimed_bytes: float) -> tuple[str, str, str]:
+    """The baseline's (the list's) peak memory against the article's figure, within a factor of two."""
+    peaks = ((entry.get("result") or {}).get("details") or (entry.get("result") or {})).get("peaks") or []
+    if not peaks or not isinstance(peaks[0].get("peak_bytes"), (int, float)):
+        return entry.get("headline") or "recorded", NOT_RUN, "no peak recorded"
+    peak = peaks[0]["peak_bytes"]
+    measured = entry.get("headline") or f"{peaks[0].get('label')}: peak {format_number(peak)} B"
+    if claimed_bytes / 2 <= peak <= claimed_bytes * 2:
+        return measured, HOLDS, f"the list peaked within a factor of two of the article's {claimed_bytes / 1e6:g} MB"
+    return measured, WEAKER, f"the list's peak is more than a factor of two from {claimed_bytes / 1e6:g} MB"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,10 +324,10 @@ LEDGER: tuple[Claim, ...] = (
           result="queue: list.pop(0) vs deque.popleft()", judge=_queue_slopes),
     Claim("09-defaultdict", "09_data_structures", "defaultdict is cleaner and slightly faster than check-then-update",
           "slightly faster due to fewer dictionary lookups", "ratio of medians: a clear gain holds",
-          result="counting: check-then-update*", judge=_by_ratio(1)),
+          result="counting: check-then-update*", judge=_by_ratio(1, fast="defaultdict")),
     Claim("09-list-memory", "09_data_structures", "a list of a million ints takes tens of MB; a generator almost none",
           "[i for i in range(1000000)] ~38 MB", "peak memory (tracemalloc) of a list vs a generator",
-          result="memory: list comprehension vs generator", judge=_headline_only(HOLDS, "see the peaks")),
+          result="memory: list comprehension vs generator", judge=lambda e: _list_peak(e, 38e6)),
     # -- 10 profiling
     Claim("10-guessing", "10_profiling", "engineers find the bottleneck less than 30% of the time without measuring",
           "less than 30% of the time", "not judged", names=("engineers identify the bottleneck*",),
