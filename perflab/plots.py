@@ -495,8 +495,9 @@ def latency_distribution(latencies, ax: Axes | None = None, title: str | None = 
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("share of calls at most this slow")
         calls = runs.groupby("variant", sort=False).size()
+        per_variant = f"{calls.iloc[0]:,}" if calls.nunique() == 1 else ", ".join(f"{n:,}" for n in calls)
         ax.set_xlabel("latency of one call (log scale) · ECDF of single calls "
-                      f"({', '.join(f'{n:,}' for n in calls)} per variant) · markers: "
+                      f"({per_variant} per variant) · markers: "
                       + ", ".join(f"p{p:g}" for p in percentiles), color=MUTED, fontsize=9)
         ax.set_title(title or "Latency distribution")
         # Below the axes, one entry per line: never over the curves, whatever their shape.

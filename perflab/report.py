@@ -692,6 +692,24 @@ def _flatten(counters: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def _counters_table(counters: dict | None) -> str:
+    """Counters as small tables: a list of records gets its own table, the rest one "counter | value" table."""
+    if not counters:
+        return ""
+    tables = []
+    if isinstance(counters, dict):
+        rest = {}
+        for key, value in counters.items():
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                columns = list(dict.fromkeys(k for v in value for k in v))
+                tables.append(f"<p class='meta'>{_e(key)}</p>"
+                              + _html_table(columns, [[v.get(c) for c in columns] for v in value]))
+            else:
+                rest[key] = value
+        counters = rest
+    return _counter_pairs(counters) + "".join(tables)
+
+
+def _counter_pairs(counters: Any) -> str:
     if not counters:
         return ""
     pairs = _flatten(counters)
