@@ -799,13 +799,24 @@ def _topic_headline(mine: list[dict], rows: list[dict]) -> str:
     return ""
 
 
+def _cell_ids(stem: str) -> dict[int, str]:
+    """``{cell number from 1: cell id}`` of the executed notebook in build/."""
+    try:
+        data = json.loads((Path(paths.BUILD_DIR) / f"{stem}.ipynb").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {i + 1: c.get("id") for i, c in enumerate(data.get("cells", [])) if c.get("id")}
+
+
 def _cell_times(run: dict) -> str:
     cells = [c for c in run.get("cells") or [] if c.get("seconds") is not None]
     if not cells:
         return ""
     slowest = sorted(cells, key=lambda c: -c["seconds"])[:8]
+    ids = _cell_ids(run.get("notebook") or "")
     rows = "".join(
-        f"<tr><td>cell {c['number']}</td><td><code>{_e(c.get('first_line') or '')}</code></td>"
+        f"<tr><td>{_cell_link({'notebook': run.get('notebook'), 'cell': c['number'], 'cell_id': ids.get(c['number'])})}"
+        f"</td><td><code>{_e(c.get('first_line') or '')}</code></td>"
         f"<td class='num'>{_e(format_seconds(c['seconds']))}</td><td>{_e(c.get('status'))}</td></tr>"
         for c in slowest)
     total = sum(c["seconds"] for c in cells)
