@@ -370,7 +370,7 @@ def build_summary() -> Path:
         "environment": env,
         "run": {
             "notebooks_seconds": round(sum(r.get("seconds") or 0 for r in runs), 1),
-            "wall_seconds": _load_wall(),
+            **_load_wall(),
             "build_bytes": _folder_bytes(Path(paths.BUILD_DIR)),
             "state_bytes": _folder_bytes(Path(paths.STATE_DIR)),
         },
@@ -384,12 +384,13 @@ def build_summary() -> Path:
     return _write_json(Path(paths.BUILD_DIR) / "summary.json", _jsonable(summary, "summary", lenient=True))
 
 
-def _load_wall() -> float | None:
+def _load_wall() -> dict:
+    """The last run_course's wall time and how many notebooks it ran."""
     try:
         data = json.loads((Path(paths.BUILD_DIR) / "wall.json").read_text(encoding="utf-8"))
-        return data.get("seconds")
-    except (OSError, ValueError, AttributeError):
-        return None
+        return {"wall_seconds": data.get("seconds"), "wall_notebooks": len(data.get("notebooks") or [])}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {"wall_seconds": None, "wall_notebooks": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -871,7 +872,9 @@ def _topic_page(stem: str, title: str | None, run: dict, mine: list[dict], figur
 def _environment_table(env: dict, run: dict) -> str:
     rows = [(k, v if v is not None else "not running / unknown") for k, v in env.items()]
     if run.get("wall_seconds") is not None:
-        rows.append(("wall time of the run", format_seconds(run["wall_seconds"])))
+        count = run.get("wall_notebooks")
+        rows.append(("wall time of the last run", format_seconds(run["wall_seconds"])
+                     + (f" ({count} notebooks)" if count else "")))
     if run.get("notebooks_seconds"):
         rows.append(("time in notebooks", format_seconds(run["notebooks_seconds"])))
     if run.get("build_bytes") is not None:
