@@ -23,7 +23,6 @@ Tracing slows Python's allocations down (roughly 2x-5x), so never time code whil
 from __future__ import annotations
 
 import gc
-import math
 import tracemalloc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
