@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from perflab.results import ResultMixin
+
 __all__ = ["Counted", "counted", "counting", "count_ops", "count_sweep", "CountSweep", "fitted_slope",
            "describe_slope", "self_check"]
 
@@ -131,7 +133,7 @@ def describe_slope(slope: float) -> str:
 
 
 @dataclass(frozen=True)
-class CountSweep:
+class CountSweep(ResultMixin):
     """Operation counts per variant and size, and their fitted log-log slopes."""
 
     sizes: tuple[int, ...]
@@ -149,32 +151,54 @@ class CountSweep:
         frame.loc["slope"] = [round(self.slopes[c], 2) for c in frame.columns]
         return frame
 
-    def to_dict(self) -> dict:
-        return {"kind": "operation counts", "sizes": list(self.sizes),
-                "counts": {k: list(v) for k, v in self.counts.items()},
+    kind = "operation counts"
+
+    @property
+    def headline(self) -> str | None:
+        """"x in list: slope 2.00 (quadratic), 250,000 operations at n=500 · x in set: …"."""
+        if not self.sizes:
+            return None
+        largest = self.sizes[-1]
+        return " · ".join(f"{label}: slope {self.slopes[label]:.2f} ({describe_slope(self.slopes[label])}), "
+                          f"{ops[-1]:,} operations at n={largest:,}" for label, ops in self.counts.items())
+
+    def tidy(self):
+        """The result protocol's table: one row per variant and size."""
+        import pandas as pd
+
+        return pd.DataFrame([{"variant": label, "n": n, "operations": ops}
+                             for label, counts in self.counts.items() for n, ops in zip(self.sizes, counts)])
+
+    def _details(self) -> dict:
+        return {"sizes": list(self.sizes), "counts": {k: list(v) for k, v in self.counts.items()},
                 "slopes": {k: (None if not math.isfinite(v) else v) for k, v in self.slopes.items()}}
 
     def _repr_html_(self) -> str:
         return self.table.to_html()
 
 
-def count_sweep(variants: Mapping[str, Callable], sizes: Iterable[int], setup: Callable[[int], Any],
+def count_sweep(variants: Mapping[str, Callable] | list[Callable], sizes: Iterable[int], setup: Callable[[int], Any],
                 equal: Callable[[Any, Any], bool] | None = None) -> CountSweep:
-    """Count each variant's operations at each size (``setup(n)`` gives the arguments, shared)."""
+    """Count each variant's operations at each size (``setup(n)`` gives the arguments, shared).
+
+    Variants and answers are handled as the harness does (``harness.normalise_variants``,
+    ``harness.check_answers``): at each size every answer is compared with the first variant's, and a
+    mismatch raises ``AnswerMismatch`` naming both.
+    """
+    from perflab.harness import check_answers, normalise_variants
+
+    variants = normalise_variants(variants)
     ordered = tuple(sorted({int(n) for n in sizes}))
     counts: dict[str, list[int]] = {label: [] for label in variants}
     for n in ordered:
         arguments = setup(n)
         if not isinstance(arguments, tuple):
             arguments = (arguments,)
-        reference = None
-        for index, (label, fn) in enumerate(variants.items()):
-            ops, result = count_ops(fn, *arguments)
-            if index == 0:
-                reference = result
-            elif not (equal(reference, result) if equal else reference == result):
-                raise ValueError(f"{label!r} returned a different answer from {next(iter(variants))!r} at n={n}")
+        answers = {}
+        for label, fn in variants.items():
+            ops, answers[label] = count_ops(fn, *arguments)
             counts[label].append(ops)
+        check_answers(answers, equal)
     return CountSweep(ordered, {label: tuple(ops) for label, ops in counts.items()})
 
 

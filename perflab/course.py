@@ -45,17 +45,30 @@ class Lesson:
         return stack.redis_client(self.stack.redis_url, **kwargs)
 
     def record(self, name: str, result, *, counters: dict | None = None, figure=None):
-        """Store a comparison or sweep for the report (build/summary.json)."""
+        """Store a result for the report (build/summary.json), in the order the story records them."""
         from perflab import report
 
-        claims = [c for c in self.claims if c.get("name") == name] or None
-        return report.record(self.topic, name, result, counters=counters, claims=claims, figure=figure)
+        return report.record(self.topic, name, result, counters=counters, figure=figure)
 
-    def claim(self, name: str, *, article: str, measured: str, verdict: str) -> None:
-        """Set a number from the article next to this machine's number, with a verdict."""
+    def claim(self, name: str, *, article: str, measured, verdict: str) -> None:
+        """Set a number from the article next to this machine's number, with a verdict.
+
+        The claim goes to the report at once (``build/claims/``), whatever the order of ``claim()`` and
+        ``record()``; ``name`` should be one the claims ledger knows (``perflab/claims.py``).
+        A harness ``Ratio`` as ``measured`` keeps its value and CI for the ledger.
+        """
+        from perflab import claims, report
+
         entry = {"name": name, "claim": name, "article": article, "measured": str(measured), "verdict": verdict}
-        self.claims.append(entry)
+        if all(hasattr(measured, a) for a in ("value", "ci_low", "ci_high")):
+            entry["ratio"] = {"value": measured.value, "ci_low": measured.ci_low, "ci_high": measured.ci_high}
+        known = claims.find(name, self.topic)
+        entry["ledger"] = known.id if known else None
+        self.claims = [c for c in self.claims if c.get("name") != name] + [entry]
         print(f"{name}\n  the article: {article}\n  this machine ({self.scale} data): {measured}\n  verdict: {verdict}")
+        if known is None:
+            print("  (this claim is not in the claims ledger, perflab/claims.py: add it there)")
+        report.record_claim(self.topic, entry)
 
     def claims_table(self):
         import pandas as pd

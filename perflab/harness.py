@@ -93,6 +93,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from perflab.results import ResultMixin, attach_figure
+from perflab.units import format_factor, format_seconds, time_unit  # noqa: F401 (re-exported)
+
 __all__ = [
     "compare",
     "sweep",
@@ -191,52 +194,8 @@ def resolve_preset(preset: str | Preset | None = None) -> Preset:
 # Formatting
 # --------------------------------------------------------------------------------------------------
 
-_TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9))
-
-
-def time_unit(seconds: float) -> tuple[str, float]:
-    """The unit (name, size in seconds) in which ``seconds`` reads as a number from 1 to 999."""
-    magnitude = abs(seconds)
-    for unit, size in _TIME_UNITS:
-        if magnitude >= size:
-            return unit, size
-    return _TIME_UNITS[-1]
-
-
-def _three_digits(value: float) -> str:
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def format_seconds(seconds: float, unit: str | None = None) -> str:
-    """``0.0000581`` -> ``"58.1 µs"``; ``unit`` forces one of s, ms, µs, ns."""
-    if seconds is None or not math.isfinite(seconds):
-        return "n/a"
-    if unit is None:
-        unit, size = time_unit(seconds)
-    else:
-        size = dict(_TIME_UNITS)[unit]
-    return f"{_three_digits(seconds / size)} {unit}"
-
-
-def format_factor(value: float, precision_of: float | None = None) -> str:
-    """A speed-up factor: 2 decimals near 1 (``1.07``), 1 under 100 (``9.5``), integers above.
-
-    ``precision_of`` picks the decimals from another number, so a CI is printed as precisely as the
-    estimate it belongs to ("2.0x (95% CI 1.6x–2.5x)", not "1.60x–2.5x").
-    """
-    if not math.isfinite(value):
-        return "n/a"
-    reference = abs(value if precision_of is None else precision_of)
-    if reference < 2:
-        return f"{value:.2f}"
-    if reference < 100:
-        return f"{value:.1f}"
-    return f"{value:.0f}"
-
+# The formatting helpers live in perflab.units (shared with plots and report without an import
+# cycle): format_factor, format_seconds and time_unit stay importable from here.
 
 _ANSWER_REPR = reprlib.Repr()
 _ANSWER_REPR.maxstring = 80
@@ -379,7 +338,7 @@ def _json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True, eq=False)
-class Comparison:
+class Comparison(ResultMixin):
     """The immutable result of :func:`compare`. DataFrames are computed once; you get copies."""
 
     labels: tuple[str, ...]
@@ -514,12 +473,19 @@ class Comparison:
         """Bars of the median time per call with 95% CI whiskers and the headline ratio."""
         from perflab import plots
 
-        return plots.bars(self, ax=ax, title=title, save=save)
+        figure = plots.bars(self, ax=ax, title=title, save=save)
+        attach_figure(self, figure)
+        return figure
 
-    def to_dict(self) -> dict[str, Any]:
-        """Everything, JSON-safe (NaN becomes None), for ``report.record``."""
+    kind = "comparison"
+
+    def tidy(self) -> pd.DataFrame:
+        """The result protocol's table: one row per variant (``summary``)."""
+        return self.summary
+
+    def _details(self) -> dict[str, Any]:
+        """Everything, JSON-safe (NaN becomes None), for ``report.record`` (inside ``to_dict``)."""
         return {
-            "kind": "comparison",
             "labels": list(self.labels),
             "baseline": self.baseline,
             "preset": self.preset.name,
@@ -530,7 +496,6 @@ class Comparison:
             "async_variants": list(self.async_variants),
             "notes": self._all_notes(),
             "ci_fallback": list(self.ci_fallback),
-            "headline": self.headline,
             "ratio": self.ratio().to_dict() if len(self.labels) > 1 else None,
             "ratios": _json_records(self._ratios),
             "summary": _json_records(self._summary),
@@ -597,7 +562,7 @@ class Comparison:
 
 
 @dataclass(frozen=True, eq=False)
-class Sweep:
+class Sweep(ResultMixin):
     """The immutable result of :func:`sweep`: one :class:`Comparison` per measured size."""
 
     labels: tuple[str, ...]
@@ -670,12 +635,33 @@ class Sweep:
         """Log-log median time against n with CI bands, each line labelled with its slope."""
         from perflab import plots
 
-        return plots.scaling(self, ax=ax, title=title, save=save, xlabel=xlabel)
+        figure = plots.scaling(self, ax=ax, title=title, save=save, xlabel=xlabel)
+        attach_figure(self, figure)
+        return figure
 
-    def to_dict(self) -> dict[str, Any]:
-        """Everything, JSON-safe (NaN becomes None), for ``report.record``."""
+    kind = "sweep"
+
+    @property
+    def headline(self) -> str | None:
+        """The fitted growth of each variant, and the default ratio at the largest size measured."""
+        from perflab.complexity import describe_slope
+
+        parts = [f"{label} slope {slope:.2f} ({describe_slope(slope)})"
+                 for label, slope in self._slopes.items() if math.isfinite(slope)]
+        if not parts:
+            return None
+        text = "log-log slope: " + ", ".join(parts)
+        if self.measured and len(self.measured[-1].labels) > 1:
+            text += f"; at n={self.measured_sizes[-1]:,}: {self.measured[-1].headline}"
+        return text
+
+    def tidy(self) -> pd.DataFrame:
+        """The result protocol's table: one row per variant and size (``summary``)."""
+        return self.summary
+
+    def _details(self) -> dict[str, Any]:
+        """Everything, JSON-safe (NaN becomes None), for ``report.record`` (inside ``to_dict``)."""
         return {
-            "kind": "sweep",
             "labels": list(self.labels),
             "sizes": list(self.sizes),
             "measured_sizes": list(self.measured_sizes),
@@ -817,6 +803,27 @@ def default_equal(a: Any, b: Any) -> bool:
         return bool(np.all(result))
     except (TypeError, ValueError):
         return False
+
+
+def check_answers(answers: Mapping[str, Any], equal: Callable[[Any, Any], bool] | None = None) -> None:
+    """Compare every answer with the first one's; raise :class:`AnswerMismatch` naming both.
+
+    The one answer check of the course: ``compare``, ``sweep``, ``memory.compare_peaks``,
+    ``complexity.count_sweep`` and ``latency.latencies(check=True)`` all go through it, before timing.
+    """
+    same = equal or default_equal
+    items = list(answers.items())
+    if not items:
+        return
+    reference_label, reference = items[0]
+    for label, answer in items[1:]:
+        if not same(reference, answer):
+            raise AnswerMismatch(reference_label, label, reference, answer)
+
+
+def normalise_variants(variants: Mapping[str, Callable] | Iterable[Callable]) -> dict[str, Callable]:
+    """``{label: function}`` from a dict or a list of functions (labelled by docstring, then name)."""
+    return _normalise_variants(variants)
 
 
 def _label_of(fn: Callable) -> str:

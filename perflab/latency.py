@@ -29,14 +29,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from perflab.results import ResultMixin, attach_figure
+from perflab.units import format_seconds
+
 __all__ = ["latencies", "Latencies", "percentile_table", "PERCENTILES", "fan_out_slow_share"]
 
 PERCENTILES = (50, 90, 99, 99.9)
-
-
-def _label(fn: Callable) -> str:
-    doc = (fn.__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else getattr(fn, "__name__", "variant")
 
 
 def percentile_table(runs: pd.DataFrame, by: str | list[str] = "variant") -> pd.DataFrame:
@@ -53,7 +51,7 @@ def percentile_table(runs: pd.DataFrame, by: str | list[str] = "variant") -> pd.
 
 
 @dataclasses.dataclass(frozen=True)
-class Latencies:
+class Latencies(ResultMixin):
     """Single-call latencies of one or more variants (see the module docstring)."""
 
     runs: pd.DataFrame  # variant, call, label, ms
@@ -74,23 +72,29 @@ class Latencies:
             ms = ms[ms.label == label]
         return float(np.percentile(ms.ms, p))
 
+    kind = "latencies"
+
     @property
     def headline(self) -> str:
-        """'before: p50 0.05 ms, p99 1.9 ms · after: p50 …' (what the report shows)."""
+        """'before: p50 52.1 µs, p99 1.90 ms · after: p50 …' (what the report shows)."""
         table = self.percentiles
-        return " · ".join(f"{variant}: p50 {row.p50_ms:.3g} ms, p99 {row.p99_ms:.3g} ms"
+        return " · ".join(f"{variant}: p50 {format_seconds(row.p50_ms / 1e3)}, "
+                          f"p99 {format_seconds(row.p99_ms / 1e3)} ({int(row.calls):,} calls)"
                           for variant, row in table.iterrows())
+
+    def tidy(self) -> pd.DataFrame:
+        """The result protocol's table: one row per variant (calls, mean, p50 … max in ms)."""
+        return self.percentiles.reset_index()
 
     def plot(self, ax=None, title: str | None = None, save: str | bool | None = None, **kwargs):
         from perflab import plots
 
-        return plots.latency_distribution(self, ax=ax, title=title, save=save, **kwargs)
+        figure = plots.latency_distribution(self, ax=ax, title=title, save=save, **kwargs)
+        attach_figure(self, figure)
+        return figure
 
-    def to_dict(self) -> dict[str, Any]:
-        table = self.percentiles.reset_index()
-        return {"kind": "latencies", "headline": self.headline, "variants": list(self.labels),
-                "percentiles": [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-                                for row in table.to_dict("records")]}
+    def _details(self) -> dict[str, Any]:
+        return {"variants": list(self.labels)}
 
     def _repr_html_(self) -> str:
         return self.percentiles.round(3)._repr_html_()
@@ -101,14 +105,23 @@ class Latencies:
 
 def latencies(variants: Mapping[str, Callable] | list[Callable], *, calls: int = 500,
               args_for: Callable[[int], tuple] | None = None, label_for: Callable[[int], str] | None = None,
-              warmup: int = 5, max_seconds: float | None = None) -> Latencies:
+              warmup: int = 5, max_seconds: float | None = None, check: bool = False,
+              equal: Callable[[Any, Any], bool] | None = None) -> Latencies:
     """Time ``calls`` single calls of each variant, interleaved; see the module docstring.
 
+    Variants are labelled as the harness labels them (a dict, or functions named by docstring).
+    ``check=True`` compares every variant's answer to call 0 with the first's before any timing
+    (``harness.check_answers``: a mismatch names both). It is off by default because a latency run
+    often times different requests on purpose (a query and a control, a tenant's page and another's).
     ``max_seconds`` stops early (after at least 100 calls of each variant) once the budget is spent.
     """
-    functions = dict(variants) if isinstance(variants, Mapping) else {_label(fn): fn for fn in variants}
+    from perflab.harness import check_answers, normalise_variants
+
+    functions = normalise_variants(variants)
     names = list(functions)
     args_for = args_for or (lambda i: ())
+    if check:
+        check_answers({name: fn(*args_for(0)) for name, fn in functions.items()}, equal)
     for i in range(warmup):
         for fn in functions.values():
             fn(*args_for(i))

@@ -19,9 +19,14 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from perflab.results import ResultMixin
+from perflab.units import format_seconds
+
 
 @dataclass
-class LoadResult:
+class LoadResult(ResultMixin):
+    kind = "load"
+
     rate: float
     duration: float
     requests: pd.DataFrame  # one row per request: i, due_s, sent_s, done_s, latency_ms, status
@@ -41,6 +46,22 @@ class LoadResult:
     def late_sends_ms(self) -> float:
         """The worst lag between a request's due time and its actual send (the generator's own health)."""
         return float((self.requests.sent_s - self.requests.due_s).max() * 1000)
+
+    @property
+    def headline(self) -> str:
+        """"open loop, 20 req/s for 3 s: p50 51.2 ms, p99 80.1 ms (60 requests, all 200)"."""
+        statuses = self.requests.status.astype(str).value_counts()
+        ok = "all " + statuses.index[0] if len(statuses) == 1 else ", ".join(f"{n} {s}" for s, n in statuses.items())
+        return (f"open loop, {self.rate:g} req/s for {self.duration:g} s: p50 {format_seconds(self.p50_ms / 1e3)}, "
+                f"p99 {format_seconds(self.p99_ms / 1e3)} ({len(self.requests):,} requests, {ok})")
+
+    def tidy(self):
+        """The result protocol's table: one row (requests, p50, p99, max in ms)."""
+        summary = self.summary()
+        return pd.DataFrame([{k: v for k, v in summary.items() if k != "statuses"}])
+
+    def _details(self) -> dict:
+        return {"statuses": self.summary()["statuses"], "duration_s": self.duration}
 
     def summary(self) -> dict:
         statuses = self.requests.status.value_counts().to_dict()

@@ -23,24 +23,15 @@ Tracing slows Python's allocations down (roughly 2x-5x), so never time code whil
 from __future__ import annotations
 
 import gc
-import math
 import tracemalloc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from perflab.results import ResultMixin, attach_figure
+from perflab.units import format_bytes, format_factor
+
 __all__ = ["MemoryPeak", "MemoryComparison", "peak", "compare_peaks", "format_bytes", "frozen_heap"]
-
-
-def format_bytes(size: float) -> str:
-    """``48_213_000`` -> ``"48.2 MB"`` (decimal units, three significant digits)."""
-    if size is None or not math.isfinite(size):
-        return "n/a"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(size) >= scale:
-            value = size / scale
-            return f"{value:.0f} {unit}" if abs(value) >= 100 else f"{value:.3g} {unit}"
-    return f"{size:.0f} B"
 
 
 @dataclass(frozen=True)
@@ -85,12 +76,13 @@ def peak(fn: Callable, *args: Any, label: str | None = None, keep_result: bool =
 
 
 def _label(fn: Callable) -> str:
-    doc = (getattr(fn, "__doc__", None) or "").strip()
-    return doc.splitlines()[0] if doc else getattr(fn, "__name__", "function")
+    from perflab.harness import normalise_variants
+
+    return next(iter(normalise_variants([fn])))
 
 
 @dataclass(frozen=True)
-class MemoryComparison:
+class MemoryComparison(ResultMixin):
     """Peaks of several variants doing the same job; the first one is the baseline."""
 
     peaks: tuple[MemoryPeak, ...]
@@ -119,7 +111,7 @@ class MemoryComparison:
             return str(self.baseline)
         best = min(self.peaks[1:], key=lambda p: p.peak_bytes)
         factor = self.baseline.peak_bytes / max(best.peak_bytes, 1)
-        return (f"{best.label}: {factor:,.1f}x less memory at peak than {self.baseline.label} "
+        return (f"{best.label}: {format_factor(factor)}x less memory at peak than {self.baseline.label} "
                 f"({format_bytes(best.peak_bytes)} vs {format_bytes(self.baseline.peak_bytes)})")
 
     @property
@@ -131,14 +123,25 @@ class MemoryComparison:
                               "held after": format_bytes(p.retained_bytes), "peak_bytes": p.peak_bytes,
                               "vs baseline": f"{p.peak_bytes / base:.3f}x"} for p in self.peaks]).set_index("variant")
 
+    kind = "memory"
+
+    def tidy(self):
+        """The result protocol's table: one row per variant (peak and held bytes)."""
+        import pandas as pd
+
+        return pd.DataFrame([{"variant": p.label, "peak_bytes": p.peak_bytes, "held_bytes": p.retained_bytes,
+                              "peak": format_bytes(p.peak_bytes)} for p in self.peaks])
+
     def plot(self, ax=None, title: str | None = None, save: str | bool | None = None):
         from perflab import plots
 
-        return plots.memory_bars(self, ax=ax, title=title, save=save)
+        figure = plots.memory_bars(self, ax=ax, title=title, save=save)
+        attach_figure(self, figure)
+        return figure
 
-    def to_dict(self) -> dict:
-        return {"kind": "memory", "measured_with": "tracemalloc", "headline": self.headline,
-                "baseline": self.baseline.label, "peaks": [p.to_dict() for p in self.peaks]}
+    def _details(self) -> dict:
+        return {"measured_with": "tracemalloc", "baseline": self.baseline.label,
+                "peaks": [p.to_dict() for p in self.peaks]}
 
     def _repr_html_(self) -> str:
         return f"<p><b>{self.headline}</b></p>" + self.table.drop(columns="peak_bytes").to_html()
@@ -148,18 +151,25 @@ class MemoryComparison:
 
 
 def compare_peaks(variants: Mapping[str, Callable] | list[Callable], args: tuple = (), kwargs: dict | None = None,
-                  *, equal: Callable[[Any, Any], bool] | None = None) -> MemoryComparison:
-    """Peak memory of each variant (one call each, traced); answers checked equal to the first's."""
-    items = list(variants.items()) if isinstance(variants, Mapping) else [(_label(fn), fn) for fn in variants]
-    peaks, reference = [], None
-    for index, (label, fn) in enumerate(items):
+                  *, equal: Callable[[Any, Any], bool] | None = None, check: bool = True) -> MemoryComparison:
+    """Peak memory of each variant (one call each, traced); answers checked equal to the first's.
+
+    Variants and answers are handled as the harness does: labels from ``harness.normalise_variants``,
+    and the answers of the traced calls compared with ``harness.check_answers`` (an
+    ``AnswerMismatch`` naming both variants: memory saved by a wrong answer is not a saving). Each
+    answer is dropped before the next variant runs unless ``check`` needs it.
+    """
+    from perflab.harness import check_answers, normalise_variants
+
+    items = list(normalise_variants(variants).items())
+    peaks, answers = [], {}
+    for label, fn in items:
         measured = peak(fn, *args, label=label, **(kwargs or {}))
-        answer = measured.result
-        if index == 0:
-            reference = answer
-        elif not (equal(reference, answer) if equal else reference == answer):
-            raise ValueError(f"{label!r} returned a different answer from {items[0][0]!r}: "
-                             "memory saved by a wrong answer is not a saving")
+        if check:
+            answers[label] = measured.result
+            check_answers(answers, equal)   # a mismatch stops before the next variant runs
+            if len(answers) > 1:
+                answers.pop(label)
         peaks.append(MemoryPeak(label, measured.peak_bytes, measured.retained_bytes))
     return MemoryComparison(tuple(peaks))
 

@@ -18,7 +18,11 @@ import math
 import re
 import textwrap
 import unicodedata
+import json
+import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -28,7 +32,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from perflab import paths
-from perflab.harness import Comparison, Sweep, format_seconds, time_unit
+from perflab.units import HOURS_PER, format_seconds, time_unit
+
+if TYPE_CHECKING:  # the harness imports plots lazily (res.plot()); plots never imports the harness
+    from perflab.harness import Comparison, Sweep
 
 __all__ = ["style", "bars", "scaling", "save", "variant_colors", "COURSE_STYLE",
            "latency_distribution", "memory_bars", "waterfall", "profile_bars"]
@@ -234,9 +241,12 @@ def scaling(sweep: Sweep, ax: Axes | None = None, title: str | None = None,
                               summary.ci_low_ms.min() / 1e3, summary.ci_high_ms.max() / 1e3)
         _seconds_axis(ax.yaxis)
         ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.xaxis.set_major_formatter(FuncFormatter(_format_count))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xticks(sorted(set(summary.n)) if len(set(summary.n)) <= 8 else ax.get_xticks())
+        if "hour" in xlabel.lower() and not summary.empty:
+            _calendar_axis(ax, summary.n.min(), summary.n.max())
+        else:
+            ax.xaxis.set_major_formatter(FuncFormatter(_format_count))
+            ax.set_xticks(sorted(set(summary.n)) if len(set(summary.n)) <= 8 else ax.get_xticks())
         ax.grid(which="major", axis="both")
         ax.set_xlabel(f"{xlabel}, log scale")
         ax.set_ylabel("median time per call (log scale)")
@@ -248,6 +258,24 @@ def scaling(sweep: Sweep, ax: Axes | None = None, title: str | None = None,
                     fontsize=8.5, color=MUTED)
     _maybe_save(figure, save, title or "scaling")
     return figure
+
+
+def _calendar_axis(ax: Axes, low: float, high: float) -> None:
+    """An axis of windows in hours, ticked where people think in time: 1 hour, 1 day, 1 week, 1 month, 1 year."""
+    ticks = [(hours, f"1 {name}") for name, hours in HOURS_PER.items() if low / 1.3 <= hours <= high * 1.3]
+    for hours in sorted({low, high}):   # the measured ends, when they are not a calendar span
+        if all(abs(math.log(hours / t)) > 0.35 for t, _ in ticks):
+            ticks.append((hours, _hours_label(hours)))
+    ticks.sort()
+    ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks])
+
+
+def _hours_label(hours: float) -> str:
+    for name, size in reversed(list(HOURS_PER.items())):
+        if hours >= size:
+            value = hours / size
+            return f"{value:.3g} {name}{'s' if value >= 1.5 else ''}"
+    return f"{hours * 60:.3g} min"
 
 
 def _reference_slopes(ax: Axes, n_min: float, n_max: float, anchor: float, y_min: float,
@@ -281,12 +309,43 @@ def _slug(name: str) -> str:
     return slug
 
 
+FIGURE_NOTES = "figure-notes"  # inside BUILD_DIR: one JSON per saved figure (whose it is, its title)
+
+
+def figure_title(fig: Figure) -> str | None:
+    """The figure's own title, for its caption: the suptitle and every panel's title, in order."""
+    parts = []
+    suptitle = getattr(fig, "_suptitle", None)
+    if suptitle is not None and suptitle.get_text().strip():
+        parts.append(" ".join(suptitle.get_text().split()))
+    for ax in fig.axes:
+        for loc in ("center", "left", "right"):
+            text = " ".join(ax.get_title(loc=loc).split())
+            if text and text not in parts:
+                parts.append(text)
+    return " · ".join(parts) or None
+
+
 def save(fig: Figure, name: str) -> Path:
-    """Write ``fig`` as ``<FIGURES_DIR>/<slug of name>.png`` (created if needed); return the path."""
+    """Write ``fig`` as ``<FIGURES_DIR>/<slug of name>.png`` (created if needed); return the path.
+
+    Beside it, ``<BUILD_DIR>/figure-notes/<slug>.json`` records which notebook saved it (the
+    ``PERFLAB_NOTEBOOK`` that ``make run`` sets), its title and when, so the report shows every
+    figure under its topic, in the order the story made it. ``fig.perflab_path`` remembers the file.
+    """
     directory = Path(paths.FIGURES_DIR)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{_slug(name)}.png"
     fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight", facecolor="white")
+    fig.perflab_path = path
+    note = {"file": path.name, "notebook": os.environ.get("PERFLAB_NOTEBOOK") or None,
+            "title": figure_title(fig), "name": name, "sequence": time.time_ns()}
+    notes = Path(paths.BUILD_DIR) / FIGURE_NOTES
+    try:
+        notes.mkdir(parents=True, exist_ok=True)
+        (notes / f"{path.stem}.json").write_text(json.dumps(note, ensure_ascii=False), encoding="utf-8")
+    except OSError:  # a read-only build folder must not stop a notebook; the file name still places it
+        pass
     return path
 
 
@@ -419,17 +478,15 @@ def latency_distribution(latencies, ax: Axes | None = None, title: str | None = 
             ms = np.sort(runs[runs.variant == label].ms.to_numpy())
             seconds = ms / 1e3
             share = np.arange(1, len(ms) + 1) / len(ms)
-            ax.step(seconds, share, where="post", color=colors[label], linewidth=2, label=label, zorder=3)
+            (line,) = ax.step(seconds, share, where="post", color=colors[label], linewidth=2, label=label, zorder=3)
             for p in percentiles:
                 value = np.percentile(seconds, p)
                 ax.plot([value], [p / 100], marker=markers.get(p, "o"), color=colors[label], markersize=7,
                         markeredgecolor="white", zorder=4)
-                # One text line per variant, stacked, so the labels of close markers do not overlap:
-                # low percentiles to the right of their marker, going down; high ones to the left, going down.
-                high = p >= 90
-                ax.annotate(f"p{p:g} {format_seconds(value)}", (value, p / 100),
-                            xytext=(-8 if high else 8, -12 - 11 * index), textcoords="offset points",
-                            ha="right" if high else "left", fontsize=8.5, color=colors[label])
+            # The percentiles go in the legend, not beside the markers: close markers of several
+            # variants made their labels overlap (topic 03's fan-out and keyset ECDFs).
+            line.set_label(f"{label} · " + ", ".join(
+                f"p{p:g} {format_seconds(np.percentile(seconds, p))}" for p in percentiles))
         for p in percentiles:
             ax.axhline(p / 100, color="#bbbbbb", linewidth=0.8, linestyle=(0, (3, 3)), zorder=1)
         ax.set_xscale("log")
@@ -437,14 +494,15 @@ def latency_distribution(latencies, ax: Axes | None = None, title: str | None = 
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("share of calls at most this slow")
-        ax.set_xlabel("latency of one call (log scale)")
+        calls = runs.groupby("variant", sort=False).size()
+        per_variant = f"{calls.iloc[0]:,}" if calls.nunique() == 1 else ", ".join(f"{n:,}" for n in calls)
+        ax.set_xlabel("latency of one call (log scale) · ECDF of single calls "
+                      f"({per_variant} per variant) · markers: "
+                      + ", ".join(f"p{p:g}" for p in percentiles), color=MUTED, fontsize=9)
         ax.set_title(title or "Latency distribution")
-        ax.legend(loc="lower right")
-        calls = runs.groupby("variant").size()
-        ax.annotate(f"ECDF of single calls ({', '.join(f'{n:,}' for n in calls)} per variant) · markers: "
-                    + ", ".join(f"p{p:g}" for p in percentiles),
-                    xy=(0, 0), xycoords="figure fraction", xytext=(6, 4), textcoords="offset points",
-                    fontsize=8.5, color=MUTED)
+        # Below the axes, one entry per line: never over the curves, whatever their shape.
+        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.16), ncol=1 if len(labels) > 2 else len(labels),
+                  fontsize=9.5, handlelength=1.8)
     _maybe_save(figure, save, title or "latency distribution")
     return figure
 

@@ -3,22 +3,25 @@
 Inside a notebook, each measurement worth keeping is recorded (``course.Lesson.record`` calls this)::
 
     from perflab import report
-    report.record("01_let_the_index_work", "hour window", res,                 # a Comparison, a Sweep or a dict
+    report.record("01_let_the_index_work", "hour window", res,   # any perflab result (perflab.results) or a dict
                   counters={"statements": 1},
-                  claims=[{"claim": "range vs YEAR()", "article": "1000x", "measured": str(res.ratio()),
-                           "verdict": "reproduced"}],
-                  figure=fig_path)                                   # a file, or a matplotlib Figure
+                  figure=fig_path)                             # a file, or a matplotlib Figure
 
-which writes ``build/results/01_let_the_index_work__hour-window.json``. Then, from the command line::
+which writes ``build/results/01_let_the_index_work__hour-window.json`` (the result's protocol dict,
+``perflab.results``, with the counters, its figures, the cell that recorded it and a sequence number
+that keeps the story's order). Claims (``course.Lesson.claim``) go to ``build/claims/`` through
+:func:`record_claim`; saved figures note their notebook in ``build/figure-notes/`` (``plots.save``).
+Then, from the command line::
 
     failed = report.run_course(scale="small")   # every notebooks/NN_*.ipynb, in numeric order
 
 executes each notebook into ``build/NN_*.ipynb`` and ``build/NN_*.html`` (with ``PERFLAB_SCALE``,
 ``PERFLAB_BUILD_DIR`` and ``PERFLAB_NOTEBOOK`` set for its kernel), prints one progress line per
 notebook, goes on past a failing notebook (saying which cell failed and why), and finally writes
-``build/summary.json`` (`build_summary`: environment + every recorded result) and
-``build/index.html`` (`write_index`: a page per topic with its figures and headline ratios). It
-returns the notebooks that failed, so the caller can exit non-zero.
+``build/summary.json`` (`build_summary`: environment, the run's wall time and disk, every recorded
+result, every printed claim and the claims ledger) and the pages (`write_index`): ``index.html`` (the
+front page), ``topic-NN_*.html`` (one per topic, in story order) and ``ledger.html``. It returns the
+notebooks that failed, so the caller can exit non-zero.
 
 All locations come from `perflab.paths`, read at call time.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import html
 import json
 import math
@@ -37,9 +41,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from perflab import paths
+from perflab import paths, results as _results
+from perflab.units import format_bytes, format_number, format_seconds, format_value, tame_numbers
 
-__all__ = ["record", "build_summary", "run_course", "write_index", "environment", "load_results"]
+__all__ = ["record", "record_claim", "build_summary", "run_course", "write_index", "environment",
+           "load_results", "load_claims", "SUMMARY_SCHEMA"]
+
+SUMMARY_SCHEMA = "perflab.summary/1"
+CLAIMS = "claims"              # inside BUILD_DIR: one JSON per printed claim
+FIGURE_NOTES = "figure-notes"  # inside BUILD_DIR: written by plots.save
 
 _NOTEBOOK_NAME = re.compile(r"^(\d+)_.*\.ipynb$")
 RUN_FILE = "run.json"  # per-notebook outcome of the last run_course, inside BUILD_DIR
@@ -92,24 +102,33 @@ def _jsonable(value: Any, where: str, *, lenient: bool = False) -> Any:
     )
 
 
-def _headline(result: Any, data: Any) -> str | None:
-    headline = getattr(result, "headline", None)
-    if callable(headline):
-        headline = headline()
-    if isinstance(headline, str):
-        return headline
-    if isinstance(data, dict):
-        if isinstance(data.get("headline"), str):
-            return data["headline"]
-        ratio = data.get("ratio")
-        if isinstance(ratio, dict) and isinstance(ratio.get("headline"), str):
-            return ratio["headline"]
-        slopes = data.get("slopes")
-        if isinstance(slopes, dict) and any(v is not None for v in slopes.values()):
-            return "log-log slope: " + ", ".join(
-                f"{label} {slope:.2f}" for label, slope in slopes.items() if isinstance(slope, (int, float))
-            )
-    return None
+def _source_key(source: str) -> str:
+    return hashlib.sha1(source.strip().encode("utf-8")).hexdigest()[:16]
+
+
+def _current_cell() -> dict:
+    """Which cell is running now (inside a kernel): the key of its source, so the report can link to it.
+
+    The shell's input history holds the running cell's source already (its ``execution_count`` is
+    one ahead or not depending on the IPython version, so the source is what identifies the cell).
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return {}
+    shell = get_ipython()
+    manager = getattr(shell, "history_manager", None)
+    history = getattr(manager, "input_hist_raw", None) or (getattr(shell, "user_ns", {}) or {}).get("_ih")
+    if not history:
+        return {}
+    return {"cell_key": _source_key(history[-1])}
+
+
+def _note_figure(target: Path, notebook: str, title: str | None, name: str) -> None:
+    notes = Path(paths.BUILD_DIR) / FIGURE_NOTES
+    notes.mkdir(parents=True, exist_ok=True)
+    note = {"file": target.name, "notebook": notebook, "title": title, "name": name, "sequence": time.time_ns()}
+    (notes / f"{target.stem}.json").write_text(json.dumps(note, ensure_ascii=False), encoding="utf-8")
 
 
 def _relative_to_build(path: Path) -> str:
@@ -122,11 +141,10 @@ def _figure_field(figure: Any, topic: str, name: str) -> str | None:
     if figure is None:
         return None
     figures_dir = Path(paths.FIGURES_DIR)
-    if hasattr(figure, "savefig"):  # a matplotlib Figure: save it under the result's own name
-        figures_dir.mkdir(parents=True, exist_ok=True)
-        target = figures_dir / f"{_slug(topic)}__{_slug(name)}.png"
-        figure.savefig(target, dpi=120, bbox_inches="tight")
-        return _relative_to_build(target)
+    if hasattr(figure, "savefig"):  # a matplotlib Figure: saved (and noted) under the result's own name
+        from perflab import plots
+
+        return _relative_to_build(plots.save(figure, f"{topic}__{name}"))
     candidate = Path(figure)
     if not candidate.is_absolute():
         for base in (Path.cwd(), figures_dir, Path(paths.BUILD_DIR)):
@@ -135,12 +153,16 @@ def _figure_field(figure: Any, topic: str, name: str) -> str | None:
                 break
     if not candidate.is_file():
         raise FileNotFoundError(f"record(): figure {figure} does not exist; save the figure before recording it")
+    notebook = os.environ.get("PERFLAB_NOTEBOOK") or topic
     if candidate.resolve().is_relative_to(Path(paths.BUILD_DIR).resolve()):
+        if not (Path(paths.BUILD_DIR) / FIGURE_NOTES / f"{candidate.stem}.json").exists():
+            _note_figure(candidate, notebook, None, name)
         return _relative_to_build(candidate)
     # A figure saved elsewhere is copied in, so build/ stays a self-contained report.
     figures_dir.mkdir(parents=True, exist_ok=True)
     target = figures_dir / candidate.name
     shutil.copyfile(candidate, target)
+    _note_figure(target, notebook, None, name)
     return _relative_to_build(target)
 
 
@@ -163,33 +185,61 @@ def record(
 ) -> Path:
     """Write ``build/results/<topic>__<name>.json`` and return its path (see the module docstring).
 
-    ``result``: anything with ``.to_dict()`` (harness ``Comparison``/``Sweep``) or a dict.
-    ``claims``: ``[{"claim", "article", "measured", "verdict"}, ...]``. ``figure``: a path (absolute,
-    relative to the working folder, to ``build/figures/`` or to ``build/``) or a matplotlib Figure.
+    ``result``: anything implementing the result protocol (``perflab.results``: a harness
+    ``Comparison``/``Sweep``, ``Latencies``, ``MemoryComparison``, ``CountSweep``, ``LoadResult``) or a
+    dict (wrapped as a ``results.Record``). ``figure``: a path (absolute, relative to the working folder,
+    to ``build/figures/`` or to ``build/``) or a matplotlib Figure. ``claims`` (old form) are written
+    as printed claims (:func:`record_claim`).
     """
-    data = result.to_dict() if hasattr(result, "to_dict") and callable(result.to_dict) else result
-    if data is not None and not isinstance(data, dict):
-        raise TypeError(f"record(): result should have .to_dict() or be a dict, not {type(result).__name__}")
+    data = _results.as_result(result if result is not None else {}).to_dict()
+    notebook = os.environ.get("PERFLAB_NOTEBOOK") or topic
+    own_figure = _figure_field(figure, topic, name)
+    figures = [own_figure] if own_figure else []
+    for path in data.get("figures") or []:
+        try:
+            figures.append(_figure_field(path, topic, name))
+        except FileNotFoundError:
+            continue
     entry = {
+        "schema": data.get("schema"),
         "topic": topic,
         "name": name,
-        "notebook": os.environ.get("PERFLAB_NOTEBOOK") or topic,
-        "kind": (data or {}).get("kind") or type(result).__name__.lower(),
-        "headline": _headline(result, data),
+        "notebook": notebook,
+        "kind": data.get("kind"),
+        "title": data.get("title") or name,
+        "headline": data.get("headline"),
         "result": _jsonable(data, "result"),
         "counters": _jsonable(counters, "counters"),
-        "claims": _jsonable(list(claims), "claims", lenient=True) if claims else None,
-        "figure": _figure_field(figure, topic, name),
+        "figure": own_figure,
+        "figures": list(dict.fromkeys(f for f in figures if f)),
         "scale": paths.current_scale(),
         "timestamp": _now(),
+        "sequence": time.time_ns(),
+        **_current_cell(),
     }
+    for claim in claims or ():
+        record_claim(topic, dict(claim))
     return _write_json(Path(paths.RESULTS_DIR) / f"{_slug(topic)}__{_slug(name)}.json", entry)
 
 
-def load_results() -> tuple[list[dict], list[dict]]:
-    """Every recorded result (sorted by file name), and the files that could not be read."""
-    results, skipped = [], []
-    for path in sorted(Path(paths.RESULTS_DIR).glob("*.json")):
+def record_claim(topic: str, claim: dict) -> Path:
+    """Write one printed claim (``course.Lesson.claim``) to ``build/claims/<topic>__<name>.json``."""
+    name = str(claim.get("name") or claim.get("claim") or "claim")
+    entry = _jsonable(dict(claim), "claim", lenient=True) | {
+        "topic": topic,
+        "name": name,
+        "notebook": os.environ.get("PERFLAB_NOTEBOOK") or topic,
+        "scale": paths.current_scale(),
+        "timestamp": _now(),
+        "sequence": time.time_ns(),
+        **_current_cell(),
+    }
+    return _write_json(Path(paths.BUILD_DIR) / CLAIMS / f"{_slug(topic)}__{_slug(name)}.json", entry)
+
+
+def _read_folder(folder: Path) -> tuple[list[dict], list[dict]]:
+    items, skipped = [], []
+    for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict):
@@ -198,8 +248,27 @@ def load_results() -> tuple[list[dict], list[dict]]:
             skipped.append({"file": path.name, "error": str(exc)})
             continue
         data["file"] = path.name
-        results.append(data)
-    return results, skipped
+        items.append(data)
+    items.sort(key=_story_order)
+    return items, skipped
+
+
+def _story_order(item: dict) -> tuple:
+    """Notebooks in course order, and inside one the order in which the story recorded things."""
+    stem = str(item.get("notebook") or item.get("topic") or "")
+    number = re.match(r"(\d+)", stem)
+    return (int(number.group(1)) if number else 10**6, stem, item.get("sequence") or 0, item.get("file", ""))
+
+
+def load_claims() -> list[dict]:
+    """Every printed claim, in story order."""
+    return _read_folder(Path(paths.BUILD_DIR) / CLAIMS)[0]
+
+
+def load_results() -> tuple[list[dict], list[dict]]:
+    """Every recorded result in story order (course order of notebooks, then record order), and the
+    files that could not be read."""
+    return _read_folder(Path(paths.RESULTS_DIR))
 
 
 def _perflab_version() -> str | None:
@@ -247,17 +316,81 @@ def _load_runs() -> list[dict]:
         return []
 
 
+def _folder_bytes(folder: Path) -> int | None:
+    if not folder.exists():
+        return None
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def _cells_by_key(stem: str, cache: dict) -> dict[str, dict]:
+    """``{source key: {"cell": number from 1, "cell_id": id}}`` of an executed notebook in build/."""
+    if stem not in cache:
+        mapping = {}
+        try:
+            data = json.loads((Path(paths.BUILD_DIR) / f"{stem}.ipynb").read_text(encoding="utf-8"))
+            for index, cell in enumerate(data.get("cells", [])):
+                if cell.get("cell_type") == "code":
+                    source = cell.get("source", "")
+                    source = "".join(source) if isinstance(source, list) else source
+                    mapping.setdefault(_source_key(source), {"cell": index + 1, "cell_id": cell.get("id")})
+        except (OSError, ValueError):
+            pass
+        cache[stem] = mapping
+    return cache[stem]
+
+
+def _locate_cells(items: list[dict], cache: dict) -> None:
+    for item in items:
+        stem, key = item.get("notebook"), item.get("cell_key")
+        if stem and key:
+            item.update(_cells_by_key(stem, cache).get(key, {}))
+
+
 def build_summary() -> Path:
-    """Merge every result into ``build/summary.json`` with the environment and the last run's outcome."""
+    """Merge every result and claim into ``build/summary.json`` with the environment, the run and the ledger."""
+    from perflab import claims as ledger
+
     results, skipped = load_results()
+    printed = load_claims()
+    cache: dict = {}
+    _locate_cells(results, cache)
+    _locate_cells(printed, cache)
+    runs = _load_runs()
+    env = environment()
     summary = {
+        "schema": SUMMARY_SCHEMA,
         "generated": _now(),
-        "environment": environment(),
-        "notebooks": _load_runs(),
+        "environment": env,
+        "run": {
+            "notebooks_seconds": round(sum(r.get("seconds") or 0 for r in runs), 1),
+            **_load_wall(),
+            "build_bytes": _folder_bytes(Path(paths.BUILD_DIR)),
+            "state_bytes": _folder_bytes(Path(paths.STATE_DIR)),
+        },
+        "notebooks": runs,
         "comparisons": results,
+        "claims": printed,
+        "ledger": {"out_of_scope": ledger.OUT_OF_SCOPE, "verdicts": list(ledger.VERDICTS),
+                   "rows": ledger.ledger_rows(results, printed, env.get("scale"))},
         "skipped": skipped,
     }
-    return _write_json(Path(paths.BUILD_DIR) / "summary.json", _jsonable(summary, "summary"))
+    return _write_json(Path(paths.BUILD_DIR) / "summary.json", _jsonable(summary, "summary", lenient=True))
+
+
+def _load_wall() -> dict:
+    """The last run_course's wall time and how many notebooks it ran."""
+    try:
+        data = json.loads((Path(paths.BUILD_DIR) / "wall.json").read_text(encoding="utf-8"))
+        return {"wall_seconds": data.get("seconds"), "wall_notebooks": len(data.get("notebooks") or [])}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {"wall_seconds": None, "wall_notebooks": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,10 +435,30 @@ def _export_html(notebook, target: Path) -> Path:
 
 
 def _forget_results_of(notebook_stem: str) -> None:
-    """Drop the results an earlier run of this notebook recorded, so renamed ones don't linger."""
+    """Drop what an earlier run of this notebook left (results, claims, figures), so renamed ones don't linger."""
     for result in load_results()[0]:
         if result.get("notebook") == notebook_stem:
             (Path(paths.RESULTS_DIR) / result["file"]).unlink(missing_ok=True)
+    for claim in load_claims():
+        if claim.get("notebook") == notebook_stem:
+            (Path(paths.BUILD_DIR) / CLAIMS / claim["file"]).unlink(missing_ok=True)
+    for note in _figure_notes():
+        if note.get("notebook") == notebook_stem:
+            (Path(paths.FIGURES_DIR) / str(note.get("file"))).unlink(missing_ok=True)
+            (Path(paths.BUILD_DIR) / FIGURE_NOTES / note["note_file"]).unlink(missing_ok=True)
+
+
+def _figure_notes() -> list[dict]:
+    notes = []
+    for path in sorted((Path(paths.BUILD_DIR) / FIGURE_NOTES).glob("*.json")):
+        try:
+            note = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(note, dict):
+            note["note_file"] = path.name
+            notes.append(note)
+    return notes
 
 
 def run_course(
@@ -381,12 +534,15 @@ def run_course(
             "scale": scale,
             "finished": _now(),
             "cells": [
-                {"number": c.number, "status": c.status, "seconds": round(c.seconds, 3)}
+                {"number": c.number, "status": c.status, "seconds": round(c.seconds, 3),
+                 "first_line": c.first_line[:80]}
                 for c in (outcome.cells if outcome else [])
             ],
         }
     ordered = sorted(runs.values(), key=lambda run: str(run.get("file") or run.get("notebook")))
     _write_json(build / RUN_FILE, ordered)
+    _write_json(build / "wall.json", {"seconds": round(time.monotonic() - started, 1),
+                                       "notebooks": [p.stem for p in selected], "finished": _now()})
     build_summary()
     index = write_index()
     say(f"{len(selected) - len(failed)}/{len(selected)} notebooks ran in {time.monotonic() - started:.0f} s; report: {index}")
@@ -396,28 +552,37 @@ def run_course(
 
 
 # ---------------------------------------------------------------------------------------------
-# The index page
+# The pages: index.html (front), topic-NN_*.html (one per topic), ledger.html
 
 _CSS = """
-body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 60rem; margin: 2rem auto;
+body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 62rem; margin: 2rem auto;
        padding: 0 1rem; color: #1d1d1f; background: #fff; }
-h1 { font-size: 1.8rem; margin-bottom: .2rem; } h2 { margin-top: 2.5rem; border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.8rem; margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+h3 { margin: 1.8rem 0 .3rem; font-size: 1.1rem; }
+nav { font-size: .9rem; margin-bottom: 1rem; } nav a { margin-right: 1rem; }
 .meta { color: #666; font-size: .9rem; }
-table { border-collapse: collapse; margin: .8rem 0; font-size: .92rem; }
-th, td { text-align: left; padding: .25rem .8rem .25rem 0; vertical-align: top; }
+.headline { font-size: 1.02rem; margin: .2rem 0 .5rem; }
+table { border-collapse: collapse; margin: .6rem 0; font-size: .88rem; }
+th, td { text-align: left; padding: .2rem .8rem .2rem 0; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+body.wide { max-width: 84rem; }
 th { color: #555; font-weight: 600; border-bottom: 1px solid #ddd; }
-ul.headlines { padding-left: 1.2rem; } ul.headlines li { margin: .2rem 0; }
 .ok { color: #1a7f37; font-weight: 600; } .failed { color: #cf222e; font-weight: 600; }
+.v-holds { color: #1a7f37; font-weight: 600; } .v-weaker { color: #9a6700; font-weight: 600; }
+.v-contradicted { color: #cf222e; font-weight: 600; } .v-na { color: #666; font-weight: 600; }
 .error { background: #fff5f5; border-left: 3px solid #cf222e; padding: .4rem .8rem; font-family: ui-monospace, monospace;
          font-size: .85rem; white-space: pre-wrap; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #666; font-size: .85rem; }
+figure { margin: 1rem 0 1.6rem; } figure img { width: 100%; border: 1px solid #eee; }
+figcaption { color: #444; font-size: .9rem; }
 code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: .9em; }
 """
 
+MAX_TABLE_ROWS = 12
+
 
 def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
+    """Escaped text, its long floats rounded (no number on a page shows more than 4 significant digits)."""
+    return html.escape(tame_numbers("" if value is None else str(value)))
 
 
 def _notebook_title(build: Path, stem: str) -> str | None:
@@ -436,48 +601,308 @@ def _notebook_title(build: Path, stem: str) -> str | None:
     return None
 
 
-def _environment_table(env: dict) -> str:
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v if v is not None else 'not running / unknown')}</td></tr>" for k, v in env.items())
-    return f"<table>{rows}</table>"
+def _page(title: str, body: str, *, wide: bool = False) -> str:
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body{' class=wide' if wide else ''}>"
+            f"{body}</body></html>\n")
 
 
-def _result_items(results: list[dict]) -> str:
-    items = []
-    for result in results:
-        headline = result.get("headline") or "recorded (no headline ratio)"
-        counters = result.get("counters") or {}
-        extra = f" <span class='meta'>· {_e(', '.join(f'{k}: {v}' for k, v in counters.items()))}</span>" if counters else ""
-        items.append(f"<li><b>{_e(result.get('name'))}</b>: {_e(headline)}{extra}</li>")
-    return f"<ul class='headlines'>{''.join(items)}</ul>" if items else ""
+def _heading(stem: str, title: str | None) -> str:
+    """"05 · Connect once, …" (the notebook's own heading usually starts with its number already)."""
+    if not title:
+        return stem
+    return title if title.startswith(stem[:2]) else f"{stem[:2]} · {title}"
 
 
-def _claims_table(results: list[dict]) -> str:
-    rows = []
-    for result in results:
-        for claim in result.get("claims") or []:
-            if isinstance(claim, dict):
-                rows.append(
-                    "<tr>" + "".join(f"<td>{_e(claim.get(k))}</td>" for k in ("claim", "article", "measured", "verdict")) + "</tr>"
-                )
+def _nav(*links: tuple[str, str]) -> str:
+    return "<nav>" + "".join(f"<a href='{_e(href)}'>{_e(text)}</a>" for href, text in links) + "</nav>"
+
+
+def _cell(value: Any, column: str = "") -> str:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if numeric and column.endswith("_ms"):
+        text = format_seconds(value / 1e3)
+    elif numeric and column.endswith("_bytes"):
+        text = format_bytes(value)
+    else:
+        text = format_value(value)
+    return f"<td class='num'>{_e(text)}</td>" if numeric else f"<td>{_e(text)}</td>"
+
+
+def _column_title(column: str) -> str:
+    for suffix in ("_ms", "_bytes", "_s"):
+        if column.endswith(suffix):
+            return column[: -len(suffix)].replace("_", " ")
+    return column.replace("_", " ")
+
+
+def _html_table(columns: list[str], rows: list[list], *, limit: int = MAX_TABLE_ROWS, note: str = "") -> str:
     if not rows:
         return ""
-    head = "<tr><th>claim</th><th>the article</th><th>this machine</th><th>verdict</th></tr>"
-    return f"<table>{head}{''.join(rows)}</table>"
+    head = "".join(f"<th>{_e(_column_title(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(_cell(v, c) for v, c in zip(row, columns)) + "</tr>" for row in rows[:limit])
+    more = (f"<p class='meta'>{len(rows) - limit} more rows in summary.json{note}</p>"
+            if len(rows) > limit else "")
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
 
 
-def _figures(paths_relative: list[str]) -> str:
-    return "".join(
-        f"<figure><img src='{_e(rel)}' alt='{_e(Path(rel).stem)}' loading='lazy'><figcaption>{_e(Path(rel).name)}</figcaption></figure>"
-        for rel in paths_relative
-    )
+def _result_table(entry: dict) -> str:
+    """The result's tidy table, read from the protocol; comparisons and sweeps keep their key columns."""
+    table = (entry.get("result") or {}).get("table") or {}
+    columns, rows = list(table.get("columns") or []), list(table.get("rows") or [])
+    if not rows:
+        return ""
+    kind = entry.get("kind")
+    if kind == "comparison":
+        keep = [c for c in ("variant", "median_ms", "ci_low_ms", "ci_high_ms", "p99_ms", "samples") if c in columns]
+    elif kind == "sweep":
+        return _sweep_table(columns, rows)
+    else:
+        keep = columns[:7]
+    index = [columns.index(c) for c in keep]
+    return _html_table(keep, [[row[i] for i in index] for row in rows])
 
 
-def _named_after(file_name: str, topic: str) -> bool:
-    return any(file_name.startswith(topic + sep) for sep in ("_", "-", "."))
+def _sweep_table(columns: list[str], rows: list[list]) -> str:
+    """A sweep as n down, variants across, the median time in each cell."""
+    at = {c: i for i, c in enumerate(columns)}
+    if not {"variant", "n", "median_ms"} <= set(at):
+        return _html_table(columns, rows)
+    variants = list(dict.fromkeys(r[at["variant"]] for r in rows))
+    sizes = sorted({r[at["n"]] for r in rows})
+    medians = {(r[at["variant"]], r[at["n"]]): r[at["median_ms"]] for r in rows}
+    head = "<th>n</th>" + "".join(f"<th>{_e(v)}</th>" for v in variants)
+    body = "".join(
+        f"<tr><td class='num'>{_e(format_number(n))}</td>" + "".join(
+            f"<td class='num'>{_e(format_seconds(medians[(v, n)] / 1e3)) if medians.get((v, n)) is not None else '—'}</td>"
+            for v in variants) + "</tr>"
+        for n in sizes)
+    return f"<table><tr>{head}</tr>{body}</table><p class='meta'>median time per call</p>"
+
+
+def _flatten(counters: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(counters, dict):
+        items = []
+        for key, value in counters.items():
+            items.extend(_flatten(value, f"{prefix} · {key}" if prefix else str(key)))
+        return items
+    if isinstance(counters, list) and counters and all(isinstance(v, dict) for v in counters):
+        return [(f"{prefix} [{i + 1}]", format_value(v)) for i, v in enumerate(counters)]
+    return [(prefix, counters)]
+
+
+def _counters_table(counters: dict | None) -> str:
+    """Counters as small tables: a list of records gets its own table, the rest one "counter | value" table."""
+    if not counters:
+        return ""
+    tables = []
+    if isinstance(counters, dict):
+        rest = {}
+        for key, value in counters.items():
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                columns = list(dict.fromkeys(k for v in value for k in v))
+                tables.append(f"<p class='meta'>{_e(key)}</p>"
+                              + _html_table(columns, [[v.get(c) for c in columns] for v in value]))
+            else:
+                rest[key] = value
+        counters = rest
+    return _counter_pairs(counters) + "".join(tables)
+
+
+def _counter_pairs(counters: Any) -> str:
+    if not counters:
+        return ""
+    pairs = _flatten(counters)
+    body = "".join(f"<tr><td>{_e(k)}</td>{_cell(v)}</tr>" for k, v in pairs[:24])
+    more = f"<p class='meta'>{len(pairs) - 24} more counters in summary.json</p>" if len(pairs) > 24 else ""
+    return f"<table><tr><th>counter</th><th>value</th></tr>{body}</table>{more}"
+
+
+def _verdict_class(verdict: str | None) -> str:
+    return {"holds": "v-holds", "holds, weaker": "v-weaker", "contradicted": "v-contradicted"}.get(verdict or "", "v-na")
+
+
+def _cell_link(row: dict) -> str:
+    stem, cell_id, cell = row.get("notebook"), row.get("cell_id"), row.get("cell")
+    if not stem or not (Path(paths.BUILD_DIR) / f"{stem}.html").exists():
+        return ""
+    anchor = f"#cell-id={cell_id}" if cell_id else ""
+    label = f"cell {cell}" if cell else stem
+    return f"<a href='{_e(stem)}.html{_e(anchor)}'>{_e(label)}</a>"
+
+
+def _ledger_table(rows: list[dict], *, with_topic: bool) -> str:
+    if not rows:
+        return ""
+    head = ("<tr><th>claim</th><th>the article</th><th>this machine</th><th>verdict</th>"
+            + ("<th>topic</th>" if with_topic else "") + "<th>measured in</th></tr>")
+    body = []
+    for row in rows:
+        measured = row.get("measured") or "—"
+        ci = (f"<br><span class='meta'>{_e(row['ci'])}</span>"
+              if row.get("ci") and "95% CI" not in str(measured) else "")
+        if row.get("name") and not str(row.get("id", "")).startswith("unlisted-"):
+            measured = f"{measured}"
+            ci += f"<br><span class='meta'>printed as: {_e(row['name'])}</span>"
+        scale = f"<br><span class='meta'>scale {_e(row.get('scale'))}</span>" if row.get("measured") else ""
+        topic = ""
+        if with_topic:
+            topic = (f"<td><a href='topic-{_e(row['topic'])}.html'>{_e(row['topic'][:2])}</a></td>"
+                     if row.get("topic") else "<td>—</td>")
+        body.append(
+            f"<tr id='claim-{_e(row['id'])}'><td>{_e(row['claim'])}<br><span class='meta'>judged by: {_e(row['judged'])}</span></td>"
+            f"<td>{_e(row['article'])}</td><td>{_e(measured)}{ci}{scale}</td>"
+            f"<td><span class='{_verdict_class(row.get('verdict'))}'>{_e(row.get('verdict'))}</span>"
+            f"<br><span class='meta'>{_e(row.get('why'))}</span></td>{topic}<td>{_cell_link(row)}</td></tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _figure_html(rel: str, caption: str | None) -> str:
+    caption = caption or Path(rel).stem.replace("_", " ").replace("-", " ")
+    return (f"<figure><img src='{_e(rel)}' alt='{_e(caption)}' loading='lazy'>"
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _figures_by_notebook(stems: list[str]) -> dict[str, list[dict]]:
+    """Every image in build/figures, under the notebook that saved it (its note), else the notebook
+    whose number starts its file name; ``""`` collects the rest."""
+    figures_dir = Path(paths.FIGURES_DIR)
+    images = sorted(p for p in figures_dir.glob("*") if p.suffix.lower() in (".png", ".svg", ".jpg", ".jpeg", ".gif")) \
+        if figures_dir.is_dir() else []
+    notes = {n.get("file"): n for n in _figure_notes()}
+    by_number = {}
+    for stem in stems:
+        match = re.match(r"(\d+)_", stem)
+        if match:
+            by_number.setdefault(int(match.group(1)), stem)
+    placed: dict[str, list[dict]] = {}
+    for image in images:
+        note = notes.get(image.name, {})
+        owner = note.get("notebook") if note.get("notebook") in stems else None
+        if owner is None:
+            match = re.match(r"(\d+)[_-]", image.name)
+            owner = by_number.get(int(match.group(1))) if match else None
+        placed.setdefault(owner or "", []).append({
+            "file": _relative_to_build(image), "title": note.get("title"),
+            "sequence": note.get("sequence") or int(image.stat().st_mtime_ns)})
+    return placed
+
+
+def _topic_headline(mine: list[dict], rows: list[dict]) -> str:
+    """The topic's one line: its first judged claim of the article, else its first result's headline."""
+    for row in rows:
+        if row.get("measured") and row.get("name"):
+            return f"{row['name']}: {row['measured']} ({row['verdict']})"
+    for entry in mine:
+        if entry.get("headline"):
+            return entry["headline"]
+    return ""
+
+
+def _cell_ids(stem: str) -> dict[int, str]:
+    """``{cell number from 1: cell id}`` of the executed notebook in build/."""
+    try:
+        data = json.loads((Path(paths.BUILD_DIR) / f"{stem}.ipynb").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {i + 1: c.get("id") for i, c in enumerate(data.get("cells", [])) if c.get("id")}
+
+
+def _cell_times(run: dict) -> str:
+    cells = [c for c in run.get("cells") or [] if c.get("seconds") is not None]
+    if not cells:
+        return ""
+    slowest = sorted(cells, key=lambda c: -c["seconds"])[:8]
+    ids = _cell_ids(run.get("notebook") or "")
+    rows = "".join(
+        f"<tr><td>{_cell_link({'notebook': run.get('notebook'), 'cell': c['number'], 'cell_id': ids.get(c['number'])})}"
+        f"</td><td><code>{_e(c.get('first_line') or '')}</code></td>"
+        f"<td class='num'>{_e(format_seconds(c['seconds']))}</td><td>{_e(c.get('status'))}</td></tr>"
+        for c in slowest)
+    total = sum(c["seconds"] for c in cells)
+    return (f"<h2>Cell times</h2><p class='meta'>{len(cells)} code cells, {_e(format_seconds(total))} in all; "
+            f"the slowest:</p><table><tr><th>cell</th><th>first line</th><th>time</th><th>status</th></tr>{rows}</table>")
+
+
+def _status(run: dict) -> str:
+    if not run:
+        return ""
+    if run.get("ok"):
+        return (f"<p class='meta'><span class='ok'>ran</span> in {_e(format_seconds(run.get('seconds') or 0))} "
+                f"at scale {_e(run.get('scale'))}</p>")
+    return (f"<p class='meta'><span class='failed'>failed</span> after {_e(format_seconds(run.get('seconds') or 0))}</p>"
+            f"<div class='error'>{_e(run.get('error'))}</div>")
+
+
+def _topic_page(stem: str, title: str | None, run: dict, mine: list[dict], figures: list[dict],
+                ledger_rows: list[dict]) -> str:
+    html_name = run.get("html") or (f"{stem}.html" if (Path(paths.BUILD_DIR) / f"{stem}.html").exists() else None)
+    links = [("index.html", "← all topics"), ("ledger.html", "claims ledger")]
+    if html_name:
+        links.append((html_name, "the executed notebook"))
+    story: list[tuple[int, str]] = []
+    attached: set[str] = set()
+    for entry in mine:
+        parts = [f"<h3>{_e(entry.get('title') or entry.get('name'))}</h3>"]
+        if entry.get("headline"):
+            parts.append(f"<p class='headline'>{_e(entry['headline'])}</p>")
+        parts.append(_result_table(entry))
+        parts.append(_counters_table(entry.get("counters")))
+        link = _cell_link(entry)
+        parts.append(f"<p class='meta'>{_e(entry.get('kind'))}" + (f" · recorded in {link}" if link else "") + "</p>")
+        own = [f for f in entry.get("figures") or [] if f]
+        for rel in own:
+            caption = next((f["title"] for f in figures if f["file"] == rel), None)
+            parts.append(_figure_html(rel, caption))
+            attached.add(rel)
+        story.append((entry.get("sequence") or 0, "".join(parts)))
+    for figure in figures:
+        if figure["file"] not in attached:
+            story.append((figure["sequence"], _figure_html(figure["file"], figure.get("title"))))
+    story.sort(key=lambda item: item[0])
+    heading = _heading(stem, title)
+    body = (_nav(*links) + f"<h1>{_e(heading)}</h1>" + _status(run)
+            + ("".join(html for _, html in story) or "<p>Nothing was recorded for this topic.</p>")
+            + (f"<h2>Claims of the article</h2>{_ledger_table(ledger_rows, with_topic=False)}" if ledger_rows else "")
+            + _cell_times(run))
+    return _page(f"perflab — {heading}", body)
+
+
+def _environment_table(env: dict, run: dict) -> str:
+    rows = [(k, v if v is not None else "not running / unknown") for k, v in env.items()]
+    if run.get("wall_seconds") is not None:
+        count = run.get("wall_notebooks")
+        rows.append(("wall time of the last run", format_seconds(run["wall_seconds"])
+                     + (f" ({count} notebooks)" if count else "")))
+    if run.get("notebooks_seconds"):
+        rows.append(("time in notebooks", format_seconds(run["notebooks_seconds"])))
+    if run.get("build_bytes") is not None:
+        rows.append(("disk used: build/", format_bytes(run["build_bytes"])))
+    if run.get("state_bytes") is not None:
+        rows.append(("disk used: servers and data (.perflab/)", format_bytes(run["state_bytes"])))
+    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _ledger_page(summary: dict) -> str:
+    ledger = summary.get("ledger") or {}
+    rows = ledger.get("rows") or []
+    counts = {}
+    for row in rows:
+        counts[row.get("verdict")] = counts.get(row.get("verdict"), 0) + 1
+    tally = " · ".join(f"<span class='{_verdict_class(v)}'>{_e(v)}</span> {n}" for v, n in counts.items())
+    body = (_nav(("index.html", "← all topics"))
+            + "<h1>The claims ledger</h1>"
+            + f"<p>Every numeric or testable claim of the article that the course covers, next to this machine's "
+              f"measurement (scale {_e((summary.get('environment') or {}).get('scale'))}).</p>"
+            + f"<p class='meta'>{tally}</p>"
+            + f"<p class='meta'>{_e(ledger.get('out_of_scope'))}</p>"
+            + _ledger_table(rows, with_topic=True))
+    return _page("perflab — claims ledger", body, wide=True)
 
 
 def write_index() -> Path:
-    """Write ``build/index.html``: environment, then per notebook its page, status, headlines, claims, figures."""
+    """Write the report: ``index.html`` (front page), ``topic-<stem>.html`` per topic, ``ledger.html``."""
     build = Path(paths.BUILD_DIR)
     summary_path = build / "summary.json"
     if not summary_path.exists():
@@ -488,67 +913,107 @@ def write_index() -> Path:
     stems = set(runs)
     stems |= {p.stem for p in build.glob("*.html") if _NOTEBOOK_NAME.match(p.stem + ".ipynb")}
     stems |= {r.get("notebook") or r.get("topic") for r in results if (r.get("notebook") or r.get("topic"))}
+    ordered = sorted(stems, key=lambda s: _story_order({"notebook": s}))
+    figures = _figures_by_notebook(ordered)
+    ledger_rows = (summary.get("ledger") or {}).get("rows") or []
 
-    figures_dir = Path(paths.FIGURES_DIR)
-    all_figures = sorted(
-        _relative_to_build(p) for p in figures_dir.glob("*") if p.suffix.lower() in (".png", ".svg", ".jpg", ".jpeg", ".gif")
-    ) if figures_dir.is_dir() else []
-    shown: set[str] = set()
-
-    sections = []
-    for stem in sorted(stems, key=lambda s: (not bool(re.match(r"\d", s)), s)):
+    lines = []
+    for stem in ordered:
         run = runs.get(stem, {})
         mine = [r for r in results if (r.get("notebook") or r.get("topic")) == stem]
-        topics = {stem} | {r.get("topic") for r in mine if r.get("topic")}
-        figures = [r["figure"] for r in mine if r.get("figure")]
-        figures += [f for f in all_figures if any(_named_after(Path(f).name, t) for t in topics)]
-        figures = [f for f in dict.fromkeys(figures) if f not in shown]
-        shown.update(figures)
         title = _notebook_title(build, stem)
-        html_name = run.get("html") or (f"{stem}.html" if (build / f"{stem}.html").exists() else None)
-        heading = f"<a href='{_e(html_name)}'>{_e(stem)}</a>" if html_name else _e(stem)
-        status = ""
-        if run:
-            status = (
-                f"<p class='meta'><span class='ok'>ran</span> in {run.get('seconds', 0):.1f} s at scale {_e(run.get('scale'))}</p>"
-                if run.get("ok")
-                else f"<p class='meta'><span class='failed'>failed</span> after {run.get('seconds', 0):.1f} s</p>"
-                f"<div class='error'>{_e(run.get('error'))}</div>"
-            )
-        sections.append(
-            f"<section><h2>{heading}</h2>"
-            + (f"<p>{_e(title)}</p>" if title else "")
-            + status
-            + _result_items(mine)
-            + _claims_table(mine)
-            + _figures(figures)
-            + "</section>"
-        )
-    leftover = [f for f in all_figures if f not in shown]
-    if leftover:
-        sections.append(f"<section><h2>Other figures</h2>{_figures(leftover)}</section>")
-    if not sections:
-        sections.append("<p>No notebook has run yet: <code>make run</code> executes the course and fills this page.</p>")
+        rows = [r for r in ledger_rows if r.get("notebook") == stem or r.get("topic") == stem]
+        page = build / f"topic-{stem}.html"
+        page.write_text(_topic_page(stem, title, run, mine, figures.get(stem, []), rows), encoding="utf-8")
+        state = ("<span class='ok'>ran</span>" if run.get("ok") else
+                 "<span class='failed'>failed</span>" if run else "<span class='meta'>not run</span>")
+        seconds = _e(format_seconds(run["seconds"])) if run.get("seconds") is not None else ""
+        printed_order = {c.get("name"): i for i, c in enumerate(summary.get("claims") or []) if c.get("notebook") == stem}
+        judged = sorted((r for r in rows if r.get("name") in printed_order), key=lambda r: printed_order[r["name"]])
+        lines.append(f"<tr><td><a href='{_e(page.name)}'>{_e(_heading(stem, title))}</a></td>"
+                     f"<td>{state}</td><td class='num'>{seconds}</td><td>{_e(_topic_headline(mine, judged))}</td></tr>")
+    unplaced = figures.get("", [])
+    extra = ""
+    if unplaced:  # saved outside any notebook run and not named after one: say so rather than hide them
+        extra = ("<h2>Figures saved outside a notebook</h2>"
+                 + "".join(_figure_html(f["file"], f.get("title")) for f in unplaced))
+    (build / "ledger.html").write_text(_ledger_page(summary), encoding="utf-8")
 
     failed = [r for r in runs.values() if not r.get("ok")]
-    overview = (
-        f"{len(runs) - len(failed)}/{len(runs)} notebooks ran"
-        + (f"; failed: {', '.join(_e(r['notebook']) for r in failed)}" if failed else "")
-        if runs
-        else ""
-    )
-    page = (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>perflab — course report</title><style>{_CSS}</style></head><body>"
-        "<h1>perflab — course report</h1>"
-        f"<p class='meta'>generated {_e(summary.get('generated'))}"
-        + (f" · {overview}" if overview else "")
-        + "</p><h2>Environment</h2>"
-        + _environment_table(summary.get("environment", {}))
-        + "".join(sections)
-        + "</body></html>\n"
-    )
+    overview = (f"{len(runs) - len(failed)}/{len(runs)} notebooks ran"
+                + (f"; failed: {', '.join(r['notebook'] for r in failed)}" if failed else "")) if runs else ""
+    topics = ("<table><tr><th>topic</th><th>status</th><th>time</th><th>headline</th></tr>" + "".join(lines) + "</table>"
+              if lines else "<p>No notebook has run yet: <code>make run</code> executes the course and fills this page.</p>")
+    verdicts: dict[str, int] = {}
+    for row in ledger_rows:
+        verdicts[row.get("verdict")] = verdicts.get(row.get("verdict"), 0) + 1
+    ledger_line = ("<p><a href='ledger.html'>The claims ledger</a>: "
+                   + " · ".join(f"<span class='{_verdict_class(v)}'>{_e(v)}</span> {n}" for v, n in verdicts.items())
+                   + "</p>") if ledger_rows else ""
+    body = ("<h1>perflab — course report</h1>"
+            + f"<p class='meta'>generated {_e(summary.get('generated'))}" + (f" · {_e(overview)}" if overview else "")
+            + "</p><h2>Topics</h2>" + topics + ledger_line
+            + "<h2>Environment</h2>" + _environment_table(summary.get("environment", {}), summary.get("run") or {})
+            + extra)
     index = build / "index.html"
-    index.write_text(page, encoding="utf-8")
+    index.write_text(_page("perflab — course report", body), encoding="utf-8")
     return index
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking the report (tests/test_report.py runs this on a tiny run)
+
+_DECIMAL = re.compile(r"(?<![\w.])\d[\d,]*\.\d+(?![\w.])")
+_RAW_DICT = re.compile(r"\{\s*['\"][^'\"]+['\"]\s*:|\[\s*\{|\b\w+\s*=\s*\{")
+
+
+def _visible_text(page: str) -> str:
+    """The text a reader sees, without code (a cell's first line is source, not a printed value)."""
+    page = re.sub(r"<style.*?</style>", " ", page, flags=re.S)
+    page = re.sub(r"<code>.*?</code>", " ", page, flags=re.S)
+    page = re.sub(r"<[^>]+>", " ", page)
+    return html.unescape(page)
+
+
+def audit(build: Path | None = None) -> list[str]:
+    """What is wrong with the report in ``build`` (default BUILD_DIR), as sentences; [] when nothing is.
+
+    - every image in ``figures/`` is shown on the page of the topic that saved it;
+    - every printed claim is in ``summary.json``'s ledger and on ``ledger.html``, judged;
+    - no page prints a raw dict or a number with more than 4 significant digits.
+    """
+    from perflab.units import MAX_DIGITS, significant_digits
+
+    build = Path(build or paths.BUILD_DIR)
+    problems = []
+    summary = json.loads((build / "summary.json").read_text(encoding="utf-8"))
+    pages = {p.name: p.read_text(encoding="utf-8") for p in build.glob("*.html")
+             if p.name in ("index.html", "ledger.html") or p.name.startswith("topic-")}
+    stems = [p[len("topic-"):-len(".html")] for p in pages if p.startswith("topic-")]
+    placed = _figures_by_notebook(sorted(stems, key=lambda s: _story_order({"notebook": s})))
+    for owner, figures in placed.items():
+        for figure in figures:
+            page = f"topic-{owner}.html"
+            if not owner:
+                problems.append(f"{figure['file']} belongs to no topic (saved outside a notebook, named after none)")
+            elif f"src='{figure['file']}'" not in pages.get(page, ""):
+                problems.append(f"{figure['file']} is not shown on {page}")
+    rows = (summary.get("ledger") or {}).get("rows") or []
+    ledger_page = _visible_text(pages.get("ledger.html", ""))
+    for claim in summary.get("claims") or []:
+        mine = [r for r in rows if r.get("name") == claim.get("name") and r.get("notebook") == claim.get("notebook")]
+        if not mine or any(r["id"].startswith("unlisted-") for r in mine):
+            problems.append(f"the claim {claim.get('name')!r} ({claim.get('notebook')}) is not in summary.json's "
+                            "ledger (perflab/claims.py)")
+            continue
+        measured = _visible_text(html.escape(tame_numbers(str(claim.get("measured") or ""))))
+        if measured.strip() and " ".join(measured.split()) not in " ".join(ledger_page.split()):
+            problems.append(f"the claim {claim.get('name')!r} is not on ledger.html")
+    for name, page in sorted(pages.items()):
+        text = _visible_text(page)
+        for token in _DECIMAL.findall(text):
+            if significant_digits(token) > MAX_DIGITS:
+                problems.append(f"{name} prints {token} (more than {MAX_DIGITS} significant digits)")
+        for match in _RAW_DICT.finditer(text):
+            problems.append(f"{name} prints a raw dict or list: …{text[max(0, match.start() - 30):match.end() + 30]}…")
+    return problems

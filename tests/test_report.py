@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import perflab
-from perflab import paths, report
+from perflab import paths, report, results
 
 v4 = nbformat.v4
 
@@ -66,11 +66,15 @@ def test_record_writes_strict_json_with_everything(build):
     data = strict_json(path)
     assert data["topic"] == "02_sargable" and data["name"] == "hour window" and data["notebook"] == "02_sargable"
     assert data["headline"] == FakeComparison.headline
-    assert data["result"]["summary"][0]["p99_ms"] is None  # NaN → null
-    assert data["result"]["rounds"] == 20 and data["result"]["medians"] == [0.5, 106.0]
+    assert data["result"]["schema"] == results.SCHEMA and data["kind"] == "comparison"
+    details = data["result"]["details"]
+    assert details["summary"][0]["p99_ms"] is None  # NaN → null
+    assert details["rounds"] == 20 and details["medians"] == [0.5, 106.0]
+    assert data["result"]["table"] == {"columns": ["variant", "median_ms", "p99_ms"], "rows": [["range", 0.5, None]]}
     assert data["counters"] == {"statements": 1}
-    assert data["claims"][0]["measured"] == "212x faster (95% CI 190x–240x)"
-    assert data["figure"] == "figures/02_sargable__hour.png"
+    claim = strict_json(build / "claims" / "02_sargable__range-vs-YEAR.json")
+    assert claim["measured"] == "212x faster (95% CI 190x–240x)" and claim["notebook"] == "02_sargable"
+    assert data["figure"] == "figures/02_sargable__hour.png" and data["figures"] == ["figures/02_sargable__hour.png"]
     assert data["scale"] == "tiny" and data["timestamp"].endswith("+00:00")
 
 
@@ -85,7 +89,7 @@ def test_record_copies_a_figure_saved_outside_build_and_accepts_dicts(build, tmp
     path = report.record("03_pools", "pool size", {"headline": "pool: 9x faster", "x": math.inf}, figure=outside)
     data = strict_json(path)
     assert data["figure"] == "figures/elsewhere.svg" and (build / "figures" / "elsewhere.svg").exists()
-    assert data["result"]["x"] is None and data["headline"] == "pool: 9x faster"
+    assert data["result"]["details"]["x"] is None and data["headline"] == "pool: 9x faster"
 
 
 def test_record_refuses_values_that_are_not_json(build):
@@ -134,14 +138,22 @@ def test_write_index_links_pages_figures_headlines_and_failures(build):
     (build / "run.json").write_text(json.dumps(runs))
     report.build_summary()
     page = report.write_index().read_text()
-    assert "<a href='02_sargable.html'>02_sargable</a>" in page and "<a href='03_pools.html'>03_pools</a>" in page
-    assert "range: 212x faster than EXTRACT (95% CI 190x–240x)" in page
-    assert "<img src='figures/02_sargable__hour.png'" in page and "<img src='figures/02_sargable_extra.svg'" in page
-    assert "Other figures" in page and "figures/zz_unrelated.png" in page
-    assert "raised TimeoutError: &lt;no pool&gt;" in page  # escaped
-    assert "range &lt;b&gt;vs&lt;/b&gt; YEAR()" in page
-    assert "16.2" in page and "1/2 notebooks ran" in page
-    assert "<script" not in page and "http" not in page  # self-contained: no external assets
+    assert "<a href='topic-02_sargable.html'>" in page and "<a href='topic-03_pools.html'>" in page
+    assert "range &lt;b&gt;vs&lt;/b&gt; YEAR(): 212x" in page  # the topic's line: its first claim, escaped
+    assert "Other figures" not in page and "Figures saved outside a notebook" in page
+    assert "figures/zz_unrelated.png" in page  # named after no notebook: shown, and said so
+    assert "16.2" in page and "1/2 notebooks ran" in page and "ledger.html" in page
+    topic = (build / "topic-02_sargable.html").read_text()
+    assert "<a href='02_sargable.html'>the executed notebook</a>" in topic
+    assert "range: 212x faster than EXTRACT (95% CI 190x–240x)" in topic
+    assert "<img src='figures/02_sargable__hour.png'" in topic and "<img src='figures/02_sargable_extra.svg'" in topic
+    assert topic.count("figures/02_sargable__hour.png'") == 1  # attached to its result, not repeated
+    failed = (build / "topic-03_pools.html").read_text()
+    assert "raised TimeoutError: &lt;no pool&gt;" in failed  # escaped
+    ledger = (build / "ledger.html").read_text()
+    assert "out of scope" in ledger
+    for text in (page, topic, failed, ledger):
+        assert "<script" not in text and "http" not in text  # self-contained: no external assets
 
 
 def write_course_notebook(folder: Path, name: str, *sources: str) -> Path:
@@ -174,9 +186,43 @@ def test_run_course_runs_every_notebook_reports_failures_and_continues(build, tm
 
     summary = strict_json(build / "summary.json")
     assert [c["name"] for c in summary["comparisons"]] == ["demo"]
-    assert summary["comparisons"][0]["result"]["scale_seen"] == "tiny"  # the kernel got PERFLAB_SCALE
+    assert summary["comparisons"][0]["result"]["details"]["scale_seen"] == "tiny"  # the kernel got PERFLAB_SCALE
+    assert summary["comparisons"][0]["cell"] == 2  # In[1] is the notebook's second cell (after the title)
     assert summary["comparisons"][0]["notebook"] == "01_ok"  # and PERFLAB_NOTEBOOK
     assert [(n["notebook"], n["ok"]) for n in summary["notebooks"]] == [
         ("01_ok", True), ("02_fails", False), ("10_after", True)]
     page = (build / "index.html").read_text()
-    assert "fast: 3x faster than slow" in page and "ZeroDivisionError" in page and "01_ok.ipynb title" in page
+    assert "fast: 3x faster than slow" in page and "01_ok.ipynb title" in page
+    assert "ZeroDivisionError" in (build / "topic-02_fails.html").read_text()
+
+
+def test_audit_finds_unplaced_figures_missing_claims_raw_dicts_and_long_numbers(build):
+    (build / "figures").mkdir(parents=True)
+    (build / "figures" / "zz_nobody.png").write_bytes(b"png")
+    report.record("01_x", "demo", {"headline": "rate 526.1737146580149 req/s", "rows": [{"variant": "a", "ms": 1.23456}]},
+                  counters={"per tenant": [{"variant": "big", "p99": 3.14159}]})
+    report.record_claim("01_x", {"name": "not in the ledger", "measured": "3x", "verdict": "reproduced"})
+    report.build_summary()
+    report.write_index()
+    topic = (build / "topic-01_x.html").read_text()
+    assert "526.2" in topic and "526.17" not in topic       # long floats are rounded on the page
+    assert "{'variant'" not in topic and "big" in topic     # nested counters become readable text
+    problems = report.audit(build)
+    assert any("zz_nobody.png belongs to no topic" in p for p in problems)
+    assert any("'not in the ledger'" in p and "summary.json" in p for p in problems)
+    assert not any("significant digits" in p or "raw dict" in p for p in problems), problems
+
+
+@pytest.mark.notebook
+def test_the_tiny_run_shows_every_figure_and_claim_and_only_readable_numbers(tiny_data, tmp_path, monkeypatch):
+    """The report of a real run at tiny scale: every figure under its topic, every printed claim in the
+    ledger (page and summary.json), no raw dict, no number with more than 4 significant digits."""
+    build = tmp_path / "build"
+    monkeypatch.setattr(paths, "BUILD_DIR", build)
+    monkeypatch.setattr(paths, "RESULTS_DIR", build / "results")
+    monkeypatch.setattr(paths, "FIGURES_DIR", build / "figures")
+    failed = report.run_course(scale="tiny", progress=False, cell_timeout=600)
+    assert failed == []
+    summary = strict_json(build / "summary.json")
+    assert summary["claims"] and list((build / "figures").glob("*.png"))
+    assert report.audit(build) == []
