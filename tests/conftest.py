@@ -44,3 +44,32 @@ def scratch_db(tiny_data):
 
     with datasets.throwaway("tiny") as dsn:
         yield dsn
+
+
+class CourseRun:
+    """The lesson notebooks executed at tiny into the session's build folder by `report.run_course`, once each:
+    test_course_notebooks runs them one by one, and the report's audit reads what they left."""
+
+    def __init__(self) -> None:
+        import shutil
+
+        from perflab import paths
+
+        self.ran: dict[str, bool] = {}
+        # What an earlier session left (a figure since renamed, a result since removed) is not this run's.
+        for folder in ("figures", "figure-notes", "results", "claims"):
+            shutil.rmtree(Path(paths.BUILD_DIR) / folder, ignore_errors=True)
+
+    def run(self, notebook) -> bool:
+        from perflab import report
+
+        name = Path(notebook).stem
+        if name not in self.ran:
+            failed = report.run_course(scale="tiny", notebooks=[notebook], progress=False, cell_timeout=300)
+            self.ran[name] = not failed
+        return self.ran[name]
+
+
+@pytest.fixture(scope="session")
+def course_run(tiny_data):
+    return CourseRun()
