@@ -9,6 +9,7 @@
     perflab bench [--scale S]
     perflab proxy --rtt-ms MS [--target postgres|redis]
     perflab strip [NOTEBOOK ...]
+    perflab doctor [--scale S] [--seconds 20]
 """
 from __future__ import annotations
 
@@ -194,6 +195,17 @@ def cmd_strip(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    """Is this machine ready for the course? A table of checks, each red line with its fix."""
+    from perflab import doctor
+
+    started = time.perf_counter()
+    lines = doctor.run(args.scale, seconds=args.seconds)
+    print(doctor.render(lines, colour=sys.stdout.isatty()))
+    print(f"(doctor took {time.perf_counter() - started:.0f} s)")
+    return doctor.exit_code(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perflab", description="Backend performance, measured live.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -241,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("strip", help="remove outputs from notebooks before committing")
     p.add_argument("notebooks", nargs="*")
     p.set_defaults(func=cmd_strip)
+
+    p = sub.add_parser("doctor", help="check this machine for the course: a green/red table with fixes")
+    p.add_argument("--scale", choices=paths.SCALES, help="the scale whose disk need is checked (default: current)")
+    p.add_argument("--seconds", type=float, default=20.0, help="calibration time (0: skip it)")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 
