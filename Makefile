@@ -81,7 +81,7 @@ grade:
 	+@test -n "$(SUBMISSION)" || (echo "usage: make grade LAB=01 SUBMISSION=path/to/notebook.ipynb"; exit 2)
 	+@MAKEFLAGS= $(MAKE) --no-print-directory setup
 	+@$(PERFLAB) grade "$(SUBMISSION)" $(if $(LAB),--lab $(LAB),); code=$$?; \
-	 if [ $$code -gt 2 ]; then echo "perflab grade exited $$code ($(if ,,3 inconclusive: rerun; 4 grader error)); make itself can only exit 2"; fi; \
+	 if [ $$code -gt 2 ]; then echo "perflab grade exited $$code (3 inconclusive: rerun; 4 grader error); make itself can only exit 2"; fi; \
 	 exit $$code
 
 doctor: setup

@@ -5,6 +5,7 @@
     perflab data build [--scale S] [--force] | status | clean
     perflab run [--scale S] [NOTEBOOK ...]
     perflab grade SUBMISSION.ipynb [--lab NN] [--out DIR]
+    perflab grade --batch DIR [--lab NN] [--jobs N] [--shard I/N] [--out DIR] | --merge DIR [DIR ...] --out DIR
     perflab labs [--check]
     perflab bench [--scale S]
     perflab proxy --rtt-ms MS [--target postgres|redis]
@@ -116,9 +117,31 @@ def cmd_run(args) -> int:
 def cmd_grade(args) -> int:
     from perflab.grading import grader
 
+    if args.batch or args.merge:
+        return cmd_grade_batch(args)
+    if not args.submission:
+        print("perflab grade: name a SUBMISSION.ipynb, or --batch DIR, or --merge DIR ...", file=sys.stderr)
+        return 2
     out_dir = Path(args.out) if args.out else paths.BUILD_DIR / "grades" / Path(args.submission).stem
     result = grader.grade(Path(args.submission), lab=args.lab, out_dir=out_dir)
     print(result.text())
+    return result.exit_code
+
+
+def cmd_grade_batch(args) -> int:
+    """`perflab grade --batch DIR` / `--merge DIR ...`: a class at once (perflab/grading/batch.py)."""
+    from perflab.grading import batch
+
+    out = Path(args.out) if args.out else paths.BUILD_DIR / "grades" / "batch"
+    try:
+        if args.merge:
+            result = batch.merge(args.merge, out)
+        else:
+            result = batch.grade_batch(args.batch, out_dir=out, lab=args.lab, jobs=args.jobs, shard=args.shard)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"perflab grade: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary())
     return result.exit_code
 
 
@@ -231,9 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("grade", help="grade a lab submission")
-    p.add_argument("submission")
+    p.add_argument("submission", nargs="?")
     p.add_argument("--lab", help="lab number, e.g. 01 (default: from the file name)")
     p.add_argument("--out", help="folder for results.json (default: build/grades/)")
+    p.add_argument("--batch", metavar="DIR", help="grade every notebook under DIR: gradebook.csv, junit.xml, "
+                   "feedback per submission (default --out: build/grades/batch)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="with --batch: submissions graded at once (default: one per two cores, fair to timed checks)")
+    p.add_argument("--shard", metavar="I/N", help="with --batch: grade only every N-th submission from the I-th")
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="merge the --out folders of batch shards into --out")
     p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("labs", help="generate labs/ from solutions/")
