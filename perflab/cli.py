@@ -40,11 +40,14 @@ def cmd_stack(args) -> int:
     if args.action == "up":
         _, messages = stack.up()
         print("\n".join(messages))
+        _drop_orphans()
         print("\nPoint other tools at it with:  eval \"$(.venv/bin/perflab stack env)\"")
     elif args.action == "down":
         print("\n".join(stack.down()))
     elif args.action == "status":
-        _print_table(stack.status(), ["service", "health", "version", "url", "pid", "data_dir"])
+        rows = stack.status()
+        _print_table(rows, ["service", "health", "version", "url", "pid", "data_dir", "disk"])
+        _print_disk(rows)
     elif args.action == "env":
         print("\n".join(stack.env_lines(docker=args.docker)))
     elif args.action == "workers":
@@ -58,6 +61,28 @@ def cmd_stack(args) -> int:
     elif args.action == "replica":
         return cmd_stack_replica(args)
     return 0
+
+
+def _drop_orphans() -> None:
+    """Throwaway copies left by a grading that was killed, half-built data: dropped (datasets.drop_orphans)."""
+    from perflab import datasets
+
+    if os.environ.get("DATABASE_URL"):
+        return  # not our server: other machines' gradings may be using their copies
+    dropped = datasets.drop_orphans()
+    if dropped:
+        print(f"dropped {len(dropped)} orphaned cop{'y' if len(dropped) == 1 else 'ies'} of the course data: "
+              + ", ".join(dropped))
+
+
+def _print_disk(rows: list[dict]) -> None:
+    """The disk the course uses: .perflab/ in all, and each course database in it."""
+    from perflab import datasets, stack
+
+    print(f"\ndisk: {stack._human_bytes(stack.folder_bytes(paths.STATE_DIR))} in {paths.STATE_DIR}")
+    if rows and rows[0].get("health") == "healthy":
+        for name, size in datasets.disk_usage().items():
+            print(f"  {stack._human_bytes(size):>10}  {name}")
 
 
 def cmd_stack_replica(args) -> int:
@@ -91,6 +116,7 @@ def cmd_data(args) -> int:
     elif args.action == "clean":
         stack.ensure()
         dropped = datasets.drop_clones()
+        _drop_orphans()
         print(f"dropped {len(dropped)} copies of the course data" + (": " + ", ".join(dropped) if dropped else ""))
     return 0
 
@@ -105,11 +131,18 @@ def cmd_run(args) -> int:
     print("== stack")
     _, messages = stack.up()
     print("\n".join(messages))
+    _drop_orphans()
     print(f"== course data ({scale})")
     print(datasets.ensure(scale))
     print("== notebooks")
     notebooks = [Path(n) for n in args.notebooks] or None
-    failures = report.run_course(scale=scale, notebooks=notebooks)
+    try:
+        failures = report.run_course(scale=scale, notebooks=notebooks)
+    finally:
+        # Each notebook's copy of the data is recreated when it runs again: none is kept (also on Ctrl-C).
+        dropped = datasets.drop_workspaces()
+        print(f"dropped {len(dropped)} notebook cop{'y' if len(dropped) == 1 else 'ies'} of the data; "
+              f".perflab/ holds {stack._human_bytes(stack.folder_bytes(paths.STATE_DIR))}")
     print(f"== done in {time.perf_counter() - started:.0f} s: open {paths.BUILD_DIR / 'index.html'}")
     return 1 if failures else 0
 

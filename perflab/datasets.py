@@ -8,7 +8,11 @@ The built database is a **template**: it accepts no connections, so nothing — 
 learner, not the grader — can change the course data. Everything works in clones:
 
 * ``workspace("01_let_the_index_work")`` — a notebook's own copy, recreated fresh each time it runs;
-* ``throwaway()`` — a copy that is dropped when the ``with`` block ends (labs, grading, tests).
+  during a course run (`make run`: ``PERFLAB_NOTEBOOK`` is set) the copies of notebooks that are done
+  are dropped first, so the disk holds the template and one copy, not one per notebook;
+* ``throwaway()`` — a copy that is dropped when the ``with`` block ends (labs, grading, tests). Its
+  name carries its creator's pid: a copy whose process died (``kill -9``, a CI job cancelled) is an
+  orphan that ``drop_orphans()`` removes (``perflab stack up`` and ``perflab run`` call it).
 
 A rebuild happens only when the scale's parameters or the SQL files change (a fingerprint of
 both is kept as the template's comment).
@@ -19,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import secrets
 import time
@@ -247,15 +252,75 @@ def _clone(name: str, scale: str | None) -> str:
 
 
 def workspace(name: str, scale: str | None = None) -> str:
-    """A fresh copy of the course data for one notebook: recreated (dropped first) on every call."""
+    """A fresh copy of the course data for one notebook: recreated (dropped first) on every call.
+
+    In a course run (``PERFLAB_NOTEBOOK`` set by `perflab run`, one notebook at a time) the other
+    notebooks' copies that nobody is connected to are dropped first: ten copies of `small` were 7.5 GB."""
     slug = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")[:40]
-    return _clone(f"{WORKSPACE_PREFIX}{slug}_{get_scale(scale).name}", scale)
+    target = f"{WORKSPACE_PREFIX}{slug}_{get_scale(scale).name}"
+    if os.environ.get("PERFLAB_NOTEBOOK"):
+        drop_workspaces(keep=target, only_idle=True)
+    return _clone(target, scale)
+
+
+def drop_workspaces(*, keep: str | None = None, only_idle: bool = False) -> list[str]:
+    """Drop the notebooks' copies (but ``keep``); with ``only_idle``, only those without a connection."""
+    with _admin() as conn:
+        names = [row[0] for row in conn.execute(
+            "SELECT datname FROM pg_database d WHERE datname LIKE %s AND datname IS DISTINCT FROM %s"
+            " AND (NOT %s OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname))",
+            (WORKSPACE_PREFIX + "%", keep, only_idle))]
+        for name in names:
+            _drop_database(conn, name)
+    return names
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def drop_orphans() -> list[str]:
+    """Drop throwaway copies whose creating process is gone (a grading killed before its cleanup ran),
+    and the half-built ``*_building`` databases of a build that was killed."""
+    with _admin() as conn:
+        names = [row[0] for row in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s OR datname LIKE %s",
+            (CLONE_PREFIX + "%", TEMPLATE_PREFIX + "%\\_building"))]
+        orphans = []
+        for name in names:
+            match = re.fullmatch(re.escape(CLONE_PREFIX) + r"(\d+)_[0-9a-f]+", name)
+            if name.endswith("_building"):
+                # A build holds the advisory lock for its whole run: no holder means nobody is building.
+                locked = conn.execute("SELECT pg_try_advisory_lock(hashtext('perflab-build'))").fetchone()[0]
+                if not locked:
+                    continue
+                conn.execute("SELECT pg_advisory_unlock(hashtext('perflab-build'))")
+            elif match and _pid_alive(int(match.group(1))):
+                continue
+            _drop_database(conn, name)
+            orphans.append(name)
+    return orphans
+
+
+def disk_usage() -> dict:
+    """Bytes on disk: each course database (templates, notebooks' copies, throwaways) and the server's folder."""
+    with _admin() as conn:
+        sizes = dict(conn.execute(
+            "SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname LIKE %s ORDER BY 1",
+            (TEMPLATE_PREFIX + "%",)).fetchall())
+    return sizes
 
 
 @contextlib.contextmanager
 def throwaway(scale: str | None = None) -> Iterator[str]:
     """A copy of the course data that is dropped when the block ends. Yields its DSN."""
-    name = f"{CLONE_PREFIX}{secrets.token_hex(4)}"
+    name = f"{CLONE_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
     dsn = _clone(name, scale)
     try:
         yield dsn

@@ -67,3 +67,51 @@ def test_data_has_the_shape_the_lessons_rely_on(scratch_db):
             "SELECT correlation FROM pg_stats WHERE tablename = 'orders' AND attname = 'created_at'").fetchone()[0]
         assert correlation > 0.99, "orders arrive in time order, as a real table fills up"
         assert conn.execute("SHOW timezone").fetchone()[0] == "UTC"
+
+
+# Disk: notebooks' copies do not pile up in a course run; throwaway copies never outlive their process.
+
+def _databases():
+    from perflab import stack
+
+    with stack.connect() as conn:
+        return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+
+
+def test_a_course_run_keeps_one_notebook_copy_at_a_time(tiny_data, monkeypatch):
+    monkeypatch.setenv("PERFLAB_NOTEBOOK", "t_disk_b")  # what `perflab run` sets for each notebook's kernel
+    first = datasets.workspace("t_disk_a", "tiny").rsplit("/", 1)[-1].split("?")[0]
+    second = datasets.workspace("t_disk_b", "tiny").rsplit("/", 1)[-1].split("?")[0]
+    try:
+        names = _databases()
+        assert second in names and first not in names, names
+    finally:
+        datasets.drop_workspaces()
+    assert not {n for n in _databases() if n.startswith(datasets.WORKSPACE_PREFIX)}
+
+
+def test_a_throwaway_copy_is_dropped_on_interrupt_and_when_its_process_is_killed(tiny_data):
+    import signal
+    import subprocess
+    import sys
+
+    with pytest.raises(KeyboardInterrupt):
+        with datasets.throwaway("tiny") as dsn:
+            name = dsn.rsplit("/", 1)[-1].split("?")[0]
+            raise KeyboardInterrupt
+    assert name not in _databases()
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom perflab import datasets\nwith datasets.throwaway('tiny') as dsn:\n"
+         "    print(dsn.rsplit('/', 1)[-1].split('?')[0], flush=True)\n    time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    orphan = holder.stdout.readline().strip()
+    assert orphan in _databases()
+    assert orphan not in datasets.drop_orphans()  # its process is alive: in use, kept
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with datasets.throwaway("tiny") as dsn:  # a live one of this process survives the cleanup
+        mine = dsn.rsplit("/", 1)[-1].split("?")[0]
+        assert orphan in datasets.drop_orphans()
+        assert mine in _databases()
+    assert orphan not in _databases()

@@ -48,3 +48,11 @@ def test_doctor_passes_here_and_places_the_machine_in_a_class(course_stack):
     for check in ("Python", "C compiler", "free disk", "PostgreSQL", "Redis", "course data", "machine class"):
         assert check in result.stdout, check
     assert "FAIL" not in result.stdout
+
+
+def test_stack_status_shows_the_disk_used(tiny_data):
+    result = subprocess.run([sys.executable, "-m", "perflab.cli", "stack", "status"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "disk" in result.stdout.splitlines()[0]
+    assert "\ndisk: " in result.stdout and "perflab_tiny" in result.stdout and " MB" in result.stdout
