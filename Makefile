@@ -24,11 +24,12 @@ MAKEFLAGS += --question
 endif
 
 .PHONY: help setup run test test-fast up down status env data lab grade labs bench strip clean clean-data \
-        doctor wheelhouse
+        doctor wheelhouse test-slow
 
 help:
 	@echo "make run      start the stack, build the data, execute every notebook, write build/index.html"
 	@echo "make test     unit tests, every notebook and solution at tiny scale, grader checks"
+	@echo "make test-slow    the slow tests: a fresh virtualenv installed from a wheelhouse with no index"
 	@echo "make lab      JupyterLab on 127.0.0.1 (token printed), stack and data ready"
 	@echo "make grade LAB=01 SUBMISSION=path.ipynb"
 	@echo "make doctor   is this laptop ready for the course? (a table of checks, each red line with its fix)"
@@ -53,7 +54,12 @@ run: setup
 # Tests run against their own servers (state in .perflab/test) so a running course is left alone.
 test: setup
 	PERFLAB_SCALE=tiny PERFLAB_PRESET=fast PERFLAB_STATE_DIR=$(CURDIR)/.perflab/test \
-	PERFLAB_BUILD_DIR=$(CURDIR)/build/test $(BIN)/python -m pytest
+	PERFLAB_BUILD_DIR=$(CURDIR)/build/test $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The slow tests: the offline install (builds a wheelhouse once into build/test/wheelhouse, ~2-4 min).
+test-slow: setup
+	PERFLAB_SCALE=tiny PERFLAB_PRESET=fast PERFLAB_STATE_DIR=$(CURDIR)/.perflab/test \
+	PERFLAB_BUILD_DIR=$(CURDIR)/build/test $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 up: setup
 	$(PERFLAB) stack up
