@@ -11,6 +11,8 @@
     perflab proxy --rtt-ms MS [--target postgres|redis]
     perflab strip [NOTEBOOK ...]
     perflab doctor [--scale S] [--seconds 20]
+    perflab share [--out FILE]
+    perflab class BUNDLES_DIR [--out FILE]
 """
 from __future__ import annotations
 
@@ -262,6 +264,32 @@ def cmd_doctor(args) -> int:
     return doctor.exit_code(lines)
 
 
+def cmd_share(args) -> int:
+    """An anonymous bundle of this machine's measurements for the instructor's class view."""
+    from perflab import classview
+
+    try:
+        path = classview.share(args.out)
+    except FileNotFoundError as exc:
+        print(f"perflab share: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size:,} bytes, no name, host or path in it): send it to your instructor")
+    return 0
+
+
+def cmd_class(args) -> int:
+    """A folder of shared bundles -> one page with, per claim, the distribution across the room."""
+    from perflab import classview
+
+    try:
+        path = classview.class_page(args.folder, args.out)
+    except FileNotFoundError as exc:
+        print(f"perflab class: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perflab", description="Backend performance, measured live.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -320,6 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=paths.SCALES, help="the scale whose disk need is checked (default: current)")
     p.add_argument("--seconds", type=float, default=20.0, help="calibration time (0: skip it)")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("share", help="an anonymous bundle of your measurements for the class view")
+    p.add_argument("--out", help="the bundle's file (default: build/share/perflab-share-<id>.json)")
+    p.set_defaults(func=cmd_share)
+
+    p = sub.add_parser("class", help="a folder of shared bundles -> a page with the room's distributions")
+    p.add_argument("folder")
+    p.add_argument("--out", help="the page (default: FOLDER/class.html)")
+    p.set_defaults(func=cmd_class)
     return parser
 
 
