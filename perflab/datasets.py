@@ -275,16 +275,6 @@ def drop_workspaces(*, keep: str | None = None, only_idle: bool = False) -> list
     return names
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def drop_orphans() -> list[str]:
     """Drop throwaway copies whose creating process is gone (a grading killed before its cleanup ran),
     and the half-built ``*_building`` databases of a build that was killed."""
@@ -301,7 +291,7 @@ def drop_orphans() -> list[str]:
                 if not locked:
                     continue
                 conn.execute("SELECT pg_advisory_unlock(hashtext('perflab-build'))")
-            elif match and _pid_alive(int(match.group(1))):
+            elif match and stack._pid_alive(int(match.group(1))):
                 continue
             _drop_database(conn, name)
             orphans.append(name)
