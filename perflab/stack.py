@@ -710,7 +710,8 @@ def status() -> list[dict]:
     if _replica_configured():
         row = replica_status()
         rows.append({key: row.get(key) for key in ("service", "version", "url", "pid", "data_dir", "health")}
-                    | {"managed": not _replica_override()})
+                    | {"managed": not _replica_override(),
+                       "disk": _human_bytes(folder_bytes(row["data_dir"])) if row.get("data_dir") else None})
     return rows
 
 
