@@ -78,24 +78,32 @@ def _digest(path: Path) -> str:
 
 
 def record_of(report, submission: Path, sub_id: str, digest: str) -> dict:
-    """What the gradebook and the JUnit file need from a `GradeReport` (JSON-safe)."""
+    """What the gradebook and the JUnit file need from a `GradeReport` (JSON-safe).
+
+    Reads the report's documented face (``status``, ``exit_code``, ``score``, ``max_score``,
+    ``exercises[].checks[]`` with ``name/status/score/max_score/message``); anything else is optional."""
+    def opt(obj, name, default=None):
+        return getattr(obj, name, default)
+
+    lab = opt(report, "lab_id") or (re.match(r"(\d+)_", submission.name) or [None, None])[1]
     return {
         "submission": sub_id,
         "file": str(submission),
         "sha256": digest,
-        "lab": report.lab_id,
-        "title": report.title,
+        "lab": lab,
+        "title": opt(report, "title"),
         "status": report.status,
         "exit_code": report.exit_code,
         "score": report.score,
         "max_score": report.max_score,
-        "problem": report.problem,
-        "seconds": round(report.seconds, 2),
-        "exercises": [{"name": e.name, "title": e.title, "score": e.score, "max_score": e.max_score}
+        "problem": opt(report, "problem"),
+        "seconds": round(opt(report, "seconds", 0.0) or 0.0, 2),
+        "exercises": [{"name": e.name, "title": opt(e, "title", e.name), "score": e.score, "max_score": e.max_score}
                       for e in report.exercises],
-        "checks": [{"exercise": c.exercise, "name": c.name, "status": c.status, "score": c.score,
-                    "max_score": c.max_score, "message": c.shown_message, "seconds": round(c.seconds, 3)}
-                   for c in report.checks],
+        "checks": [{"exercise": e.name, "name": c.name, "status": c.status, "score": c.score,
+                    "max_score": c.max_score, "message": opt(c, "shown_message", c.message),
+                    "seconds": round(opt(c, "seconds", 0.0) or 0.0, 3)}
+                   for e in report.exercises for c in e.checks],
     }
 
 
