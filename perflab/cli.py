@@ -66,11 +66,9 @@ def cmd_stack(args) -> int:
 
 
 def _drop_orphans() -> None:
-    """Throwaway copies left by a grading that was killed, half-built data: dropped (datasets.drop_orphans)."""
+    """Copies of the data whose process ended (a killed grading, a finished notebook), half-built data."""
     from perflab import datasets
 
-    if os.environ.get("DATABASE_URL"):
-        return  # not our server: other machines' gradings may be using their copies
     dropped = datasets.drop_orphans()
     if dropped:
         print(f"dropped {len(dropped)} orphaned cop{'y' if len(dropped) == 1 else 'ies'} of the course data: "
@@ -141,10 +139,9 @@ def cmd_run(args) -> int:
     try:
         failures = report.run_course(scale=scale, notebooks=notebooks)
     finally:
-        # Each notebook's copy of the data is recreated when it runs again: none is kept (also on Ctrl-C).
-        dropped = datasets.drop_workspaces()
-        print(f"dropped {len(dropped)} notebook cop{'y' if len(dropped) == 1 else 'ies'} of the data; "
-              f".perflab/ holds {stack._human_bytes(stack.folder_bytes(paths.STATE_DIR))}")
+        # Each notebook's copy is recreated when it runs again: those of ended kernels go (also on Ctrl-C).
+        _drop_orphans()
+        print(f".perflab/ holds {stack._human_bytes(stack.folder_bytes(paths.STATE_DIR))}")
     print(f"== done in {time.perf_counter() - started:.0f} s: open {paths.BUILD_DIR / 'index.html'}")
     return 1 if failures else 0
 

@@ -8,11 +8,12 @@ The built database is a **template**: it accepts no connections, so nothing — 
 learner, not the grader — can change the course data. Everything works in clones:
 
 * ``workspace("01_let_the_index_work")`` — a notebook's own copy, recreated fresh each time it runs;
-  during a course run (`make run`: ``PERFLAB_NOTEBOOK`` is set) the copies of notebooks that are done
-  are dropped first, so the disk holds the template and one copy, not one per notebook;
-* ``throwaway()`` — a copy that is dropped when the ``with`` block ends (labs, grading, tests). Its
-  name carries its creator's pid: a copy whose process died (``kill -9``, a CI job cancelled) is an
-  orphan that ``drop_orphans()`` removes (``perflab stack up`` and ``perflab run`` call it).
+* ``throwaway()`` — a copy that is dropped when the ``with`` block ends (labs, grading, tests).
+
+Each copy records the process it was made for (a throwaway in its name, a workspace in its comment).
+A copy whose process has ended (a finished notebook's kernel, a grading killed with ``kill -9``) is an
+orphan: ``drop_orphans()`` removes it (every ``workspace()``, ``perflab stack up`` and ``perflab run``
+call it), so `make run` holds one notebook's copy at a time and leaves none behind.
 
 A rebuild happens only when the scale's parameters or the SQL files change (a fingerprint of
 both is kept as the template's comment).
@@ -254,45 +255,54 @@ def _clone(name: str, scale: str | None) -> str:
 def workspace(name: str, scale: str | None = None) -> str:
     """A fresh copy of the course data for one notebook: recreated (dropped first) on every call.
 
-    In a course run (``PERFLAB_NOTEBOOK`` set by `perflab run`, one notebook at a time) the other
-    notebooks' copies that nobody is connected to are dropped first: ten copies of `small` were 7.5 GB."""
+    The copy's comment names the process (the notebook's kernel) it was made for. Copies whose process
+    has ended are dropped first (`drop_orphans`): in `make run` each notebook's kernel is gone when the
+    next one starts, so the disk holds the template and one copy, not one per notebook (ten copies of
+    `small` were 7.5 GB); a notebook open in JupyterLab keeps its copy while its kernel lives."""
     slug = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")[:40]
     target = f"{WORKSPACE_PREFIX}{slug}_{get_scale(scale).name}"
-    if os.environ.get("PERFLAB_NOTEBOOK"):
-        drop_workspaces(keep=target, only_idle=True)
-    return _clone(target, scale)
+    drop_orphans()
+    ensure(scale, progress=True)
+    with _admin() as conn, _advisory_lock(conn, "perflab-copies"):  # copy and comment it as one step
+        dsn = _clone(target, scale)
+        conn.execute(f"COMMENT ON DATABASE \"{target}\" IS 'perflab workspace, pid={os.getpid()}'")
+    return dsn
 
 
-def drop_workspaces(*, keep: str | None = None, only_idle: bool = False) -> list[str]:
-    """Drop the notebooks' copies (but ``keep``); with ``only_idle``, only those without a connection."""
-    with _admin() as conn:
-        names = [row[0] for row in conn.execute(
-            "SELECT datname FROM pg_database d WHERE datname LIKE %s AND datname IS DISTINCT FROM %s"
-            " AND (NOT %s OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname))",
-            (WORKSPACE_PREFIX + "%", keep, only_idle))]
-        for name in names:
-            _drop_database(conn, name)
-    return names
+@contextlib.contextmanager
+def _advisory_lock(conn, key: str) -> Iterator[None]:
+    conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
 
 def drop_orphans() -> list[str]:
-    """Drop throwaway copies whose creating process is gone (a grading killed before its cleanup ran),
-    and the half-built ``*_building`` databases of a build that was killed."""
-    with _admin() as conn:
-        names = [row[0] for row in conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s OR datname LIKE %s",
-            (CLONE_PREFIX + "%", TEMPLATE_PREFIX + "%\\_building"))]
+    """Drop the copies nobody can use any more: throwaway copies and notebooks' copies whose process is gone
+    (a grading killed before its cleanup ran, a notebook's kernel that ended), and the half-built
+    ``*_building`` databases of a build that was killed. On a server of your own (``DATABASE_URL``) the
+    processes may be on other machines, so nothing is dropped there."""
+    if os.environ.get("DATABASE_URL", "").strip():
+        return []
+    with _admin() as conn, _advisory_lock(conn, "perflab-copies"):
+        rows = conn.execute(
+            "SELECT datname, shobj_description(d.oid, 'pg_database'),"
+            " EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)"
+            " FROM pg_database d WHERE datname LIKE %s OR datname LIKE %s OR datname LIKE %s",
+            (CLONE_PREFIX + "%", WORKSPACE_PREFIX + "%", TEMPLATE_PREFIX + "%\\_building")).fetchall()
         orphans = []
-        for name in names:
-            match = re.fullmatch(re.escape(CLONE_PREFIX) + r"(\d+)_[0-9a-f]+", name)
+        for name, comment, connected in rows:
             if name.endswith("_building"):
                 # A build holds the advisory lock for its whole run: no holder means nobody is building.
-                locked = conn.execute("SELECT pg_try_advisory_lock(hashtext('perflab-build'))").fetchone()[0]
-                if not locked:
+                if not conn.execute("SELECT pg_try_advisory_lock(hashtext('perflab-build'))").fetchone()[0]:
                     continue
                 conn.execute("SELECT pg_advisory_unlock(hashtext('perflab-build'))")
-            elif match and stack._pid_alive(int(match.group(1))):
-                continue
+            else:
+                found = (re.fullmatch(re.escape(CLONE_PREFIX) + r"(\d+)_[0-9a-f]+", name)
+                         or re.search(r"pid=(\d+)", comment or ""))
+                if connected or (found and stack._pid_alive(int(found.group(1)))):
+                    continue
             _drop_database(conn, name)
             orphans.append(name)
     return orphans

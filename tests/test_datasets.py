@@ -78,16 +78,27 @@ def _databases():
         return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
 
 
-def test_a_course_run_keeps_one_notebook_copy_at_a_time(tiny_data, monkeypatch):
-    monkeypatch.setenv("PERFLAB_NOTEBOOK", "t_disk_b")  # what `perflab run` sets for each notebook's kernel
-    first = datasets.workspace("t_disk_a", "tiny").rsplit("/", 1)[-1].split("?")[0]
-    second = datasets.workspace("t_disk_b", "tiny").rsplit("/", 1)[-1].split("?")[0]
+def test_a_notebook_copy_goes_when_its_kernel_has_ended(tiny_data):
+    """As in `make run`: the next notebook's copy drops the copy of the one before (its kernel has ended);
+    the copy of a notebook whose kernel still runs (here: this process) stays."""
+    import subprocess
+    import sys
+
+    ended = subprocess.run(
+        [sys.executable, "-c", "from perflab import datasets\n"
+         "print(datasets.workspace('t_disk_a', 'tiny').rsplit('/', 1)[-1].split('?')[0])"],
+        capture_output=True, text=True, check=True, timeout=120).stdout.strip().splitlines()[-1]
+    assert ended in _databases()
+    mine = datasets.workspace("t_disk_b", "tiny").rsplit("/", 1)[-1].split("?")[0]
     try:
         names = _databases()
-        assert second in names and first not in names, names
+        assert mine in names and ended not in names, names
+        assert mine not in datasets.drop_orphans()
     finally:
-        datasets.drop_workspaces()
-    assert not {n for n in _databases() if n.startswith(datasets.WORKSPACE_PREFIX)}
+        from perflab import stack
+
+        with stack.connect() as conn:
+            datasets._drop_database(conn, mine)
 
 
 def test_a_throwaway_copy_is_dropped_on_interrupt_and_when_its_process_is_killed(tiny_data):
