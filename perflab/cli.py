@@ -5,10 +5,14 @@
     perflab data build [--scale S] [--force] | status | clean
     perflab run [--scale S] [NOTEBOOK ...]
     perflab grade SUBMISSION.ipynb [--lab NN] [--out DIR] [--limit NAME=N ...]
+    perflab grade --batch DIR [--lab NN] [--jobs N] [--shard I/N] [--out DIR] | --merge DIR [DIR ...] --out DIR
     perflab labs [--check]
     perflab bench [--scale S]
     perflab proxy --rtt-ms MS [--target postgres|redis]
     perflab strip [NOTEBOOK ...]
+    perflab doctor [--scale S] [--seconds 20]
+    perflab share [--out FILE]
+    perflab class BUNDLES_DIR [--out FILE]
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ def cmd_stack(args) -> int:
     if args.action == "up":
         _, messages = stack.up()
         print("\n".join(messages))
+        _drop_orphans()
         from perflab.grading import isolation
 
         dropped = isolation.sweep_orphans()  # clones and roles of a grader that was killed
@@ -47,7 +52,9 @@ def cmd_stack(args) -> int:
     elif args.action == "down":
         print("\n".join(stack.down()))
     elif args.action == "status":
-        _print_table(stack.status(), ["service", "health", "version", "url", "pid", "data_dir"])
+        rows = stack.status()
+        _print_table(rows, ["service", "health", "version", "url", "pid", "data_dir", "disk"])
+        _print_disk(rows)
     elif args.action == "env":
         print("\n".join(stack.env_lines(docker=args.docker)))
     elif args.action == "workers":
@@ -61,6 +68,26 @@ def cmd_stack(args) -> int:
     elif args.action == "replica":
         return cmd_stack_replica(args)
     return 0
+
+
+def _drop_orphans() -> None:
+    """Copies of the data whose process ended (a killed grading, a finished notebook), half-built data."""
+    from perflab import datasets
+
+    dropped = datasets.drop_orphans()
+    if dropped:
+        print(f"dropped {len(dropped)} orphaned cop{'y' if len(dropped) == 1 else 'ies'} of the course data: "
+              + ", ".join(dropped))
+
+
+def _print_disk(rows: list[dict]) -> None:
+    """The disk the course uses: .perflab/ in all, and each course database in it."""
+    from perflab import datasets, stack
+
+    print(f"\ndisk: {stack._human_bytes(stack.folder_bytes(paths.STATE_DIR))} in {paths.STATE_DIR}")
+    if rows and rows[0].get("health") == "healthy":
+        for name, size in datasets.disk_usage().items():
+            print(f"  {stack._human_bytes(size):>10}  {name}")
 
 
 def cmd_stack_replica(args) -> int:
@@ -94,6 +121,7 @@ def cmd_data(args) -> int:
     elif args.action == "clean":
         stack.ensure()
         dropped = datasets.drop_clones()
+        _drop_orphans()
         print(f"dropped {len(dropped)} copies of the course data" + (": " + ", ".join(dropped) if dropped else ""))
     return 0
 
@@ -108,11 +136,17 @@ def cmd_run(args) -> int:
     print("== stack")
     _, messages = stack.up()
     print("\n".join(messages))
+    _drop_orphans()
     print(f"== course data ({scale})")
     print(datasets.ensure(scale))
     print("== notebooks")
     notebooks = [Path(n) for n in args.notebooks] or None
-    failures = report.run_course(scale=scale, notebooks=notebooks)
+    try:
+        failures = report.run_course(scale=scale, notebooks=notebooks)
+    finally:
+        # Each notebook's copy is recreated when it runs again: those of ended kernels go (also on Ctrl-C).
+        _drop_orphans()
+        print(f".perflab/ holds {stack._human_bytes(stack.folder_bytes(paths.STATE_DIR))}")
     print(f"== done in {time.perf_counter() - started:.0f} s: open {paths.BUILD_DIR / 'index.html'}")
     return 1 if failures else 0
 
@@ -120,6 +154,11 @@ def cmd_run(args) -> int:
 def cmd_grade(args) -> int:
     from perflab.grading import grader
 
+    if args.batch or args.merge:
+        return cmd_grade_batch(args)
+    if not args.submission:
+        print("perflab grade: name a SUBMISSION.ipynb, or --batch DIR, or --merge DIR ...", file=sys.stderr)
+        return 2
     out_dir = Path(args.out) if args.out else paths.BUILD_DIR / "grades" / Path(args.submission).stem
     try:
         limits = dict(_limit(item) for item in args.limit or [])
@@ -142,6 +181,23 @@ def _limit(item: str) -> tuple[str, int]:
     if name not in known or not value.isdigit():
         raise ValueError(f"--limit takes NAME=NUMBER with NAME one of {', '.join(known)}; got {item!r}")
     return name, int(value)
+
+
+def cmd_grade_batch(args) -> int:
+    """`perflab grade --batch DIR` / `--merge DIR ...`: a class at once (perflab/grading/batch.py)."""
+    from perflab.grading import batch
+
+    out = Path(args.out) if args.out else paths.BUILD_DIR / "grades" / "batch"
+    try:
+        if args.merge:
+            result = batch.merge(args.merge, out)
+        else:
+            result = batch.grade_batch(args.batch, out_dir=out, lab=args.lab, jobs=args.jobs, shard=args.shard)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"perflab grade: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return result.exit_code
 
 
 def cmd_labs(args) -> int:
@@ -217,6 +273,43 @@ def cmd_strip(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    """Is this machine ready for the course? A table of checks, each red line with its fix."""
+    from perflab import doctor
+
+    started = time.perf_counter()
+    lines = doctor.run(args.scale, seconds=args.seconds)
+    print(doctor.render(lines, colour=sys.stdout.isatty()))
+    print(f"(doctor took {time.perf_counter() - started:.0f} s)")
+    return doctor.exit_code(lines)
+
+
+def cmd_share(args) -> int:
+    """An anonymous bundle of this machine's measurements for the instructor's class view."""
+    from perflab import classview
+
+    try:
+        path = classview.share(args.out)
+    except FileNotFoundError as exc:
+        print(f"perflab share: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size:,} bytes, no name, host or path in it): send it to your instructor")
+    return 0
+
+
+def cmd_class(args) -> int:
+    """A folder of shared bundles -> one page with, per claim, the distribution across the room."""
+    from perflab import classview
+
+    try:
+        path = classview.class_page(args.folder, args.out)
+    except FileNotFoundError as exc:
+        print(f"perflab class: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perflab", description="Backend performance, measured live.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -242,11 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("grade", help="grade a lab submission")
-    p.add_argument("submission")
+    p.add_argument("submission", nargs="?")
     p.add_argument("--lab", help="lab number, e.g. 01 (default: from the file name)")
     p.add_argument("--out", help="folder for results.json (default: build/grades/)")
     p.add_argument("--limit", action="append", metavar="NAME=N",
                    help="override a sandbox limit, e.g. address_space_mb=2048, cpu_seconds=300 (repeatable)")
+    p.add_argument("--batch", metavar="DIR", help="grade every notebook under DIR: gradebook.csv, junit.xml, "
+                   "feedback per submission (default --out: build/grades/batch)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="with --batch: submissions graded at once (default: one per two cores, fair to timed checks)")
+    p.add_argument("--shard", metavar="I/N", help="with --batch: grade only every N-th submission from the I-th")
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="merge the --out folders of batch shards into --out")
     p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("labs", help="generate labs/ from solutions/")
@@ -266,6 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("strip", help="remove outputs from notebooks before committing")
     p.add_argument("notebooks", nargs="*")
     p.set_defaults(func=cmd_strip)
+
+    p = sub.add_parser("doctor", help="check this machine for the course: a green/red table with fixes")
+    p.add_argument("--scale", choices=paths.SCALES, help="the scale whose disk need is checked (default: current)")
+    p.add_argument("--seconds", type=float, default=20.0, help="calibration time (0: skip it)")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("share", help="an anonymous bundle of your measurements for the class view")
+    p.add_argument("--out", help="the bundle's file (default: build/share/perflab-share-<id>.json)")
+    p.set_defaults(func=cmd_share)
+
+    p = sub.add_parser("class", help="a folder of shared bundles -> a page with the room's distributions")
+    p.add_argument("folder")
+    p.add_argument("--out", help="the page (default: FOLDER/class.html)")
+    p.set_defaults(func=cmd_class)
     return parser
 
 

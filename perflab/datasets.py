@@ -10,6 +10,11 @@ learner, not the grader — can change the course data. Everything works in clon
 * ``workspace("01_let_the_index_work")`` — a notebook's own copy, recreated fresh each time it runs;
 * ``throwaway()`` — a copy that is dropped when the ``with`` block ends (labs, grading, tests).
 
+Each copy records the process it was made for (a throwaway in its name, a workspace in its comment).
+A copy whose process has ended (a finished notebook's kernel, a grading killed with ``kill -9``) is an
+orphan: ``drop_orphans()`` removes it (every ``workspace()``, ``perflab stack up`` and ``perflab run``
+call it), so `make run` holds one notebook's copy at a time and leaves none behind.
+
 A rebuild happens only when the scale's parameters or the SQL files change (a fingerprint of
 both is kept as the template's comment).
 """
@@ -19,6 +24,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import secrets
 import time
@@ -247,15 +253,74 @@ def _clone(name: str, scale: str | None) -> str:
 
 
 def workspace(name: str, scale: str | None = None) -> str:
-    """A fresh copy of the course data for one notebook: recreated (dropped first) on every call."""
+    """A fresh copy of the course data for one notebook: recreated (dropped first) on every call.
+
+    The copy's comment names the process (the notebook's kernel) it was made for. Copies whose process
+    has ended are dropped first (`drop_orphans`): in `make run` each notebook's kernel is gone when the
+    next one starts, so the disk holds the template and one copy, not one per notebook (ten copies of
+    `small` were 7.5 GB); a notebook open in JupyterLab keeps its copy while its kernel lives."""
     slug = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")[:40]
-    return _clone(f"{WORKSPACE_PREFIX}{slug}_{get_scale(scale).name}", scale)
+    target = f"{WORKSPACE_PREFIX}{slug}_{get_scale(scale).name}"
+    drop_orphans()
+    ensure(scale, progress=True)
+    with _admin() as conn, _advisory_lock(conn, "perflab-copies"):  # copy and comment it as one step
+        dsn = _clone(target, scale)
+        conn.execute(f"COMMENT ON DATABASE \"{target}\" IS 'perflab workspace, pid={os.getpid()}'")
+    return dsn
+
+
+@contextlib.contextmanager
+def _advisory_lock(conn, key: str) -> Iterator[None]:
+    conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+
+
+def drop_orphans() -> list[str]:
+    """Drop the copies nobody can use any more: throwaway copies and notebooks' copies whose process is gone
+    (a grading killed before its cleanup ran, a notebook's kernel that ended), and the half-built
+    ``*_building`` databases of a build that was killed. On a server of your own (``DATABASE_URL``) the
+    processes may be on other machines, so nothing is dropped there."""
+    if os.environ.get("DATABASE_URL", "").strip():
+        return []
+    with _admin() as conn, _advisory_lock(conn, "perflab-copies"):
+        rows = conn.execute(
+            "SELECT datname, shobj_description(d.oid, 'pg_database'),"
+            " EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)"
+            " FROM pg_database d WHERE datname LIKE %s OR datname LIKE %s OR datname LIKE %s",
+            (CLONE_PREFIX + "%", WORKSPACE_PREFIX + "%", TEMPLATE_PREFIX + "%\\_building")).fetchall()
+        orphans = []
+        for name, comment, connected in rows:
+            if name.endswith("_building"):
+                # A build holds the advisory lock for its whole run: no holder means nobody is building.
+                if not conn.execute("SELECT pg_try_advisory_lock(hashtext('perflab-build'))").fetchone()[0]:
+                    continue
+                conn.execute("SELECT pg_advisory_unlock(hashtext('perflab-build'))")
+            else:
+                found = (re.fullmatch(re.escape(CLONE_PREFIX) + r"(\d+)_[0-9a-f]+", name)
+                         or re.search(r"pid=(\d+)", comment or ""))
+                if connected or (found and stack._pid_alive(int(found.group(1)))):
+                    continue
+            _drop_database(conn, name)
+            orphans.append(name)
+    return orphans
+
+
+def disk_usage() -> dict:
+    """Bytes on disk: each course database (templates, notebooks' copies, throwaways) and the server's folder."""
+    with _admin() as conn:
+        sizes = dict(conn.execute(
+            "SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname LIKE %s ORDER BY 1",
+            (TEMPLATE_PREFIX + "%",)).fetchall())
+    return sizes
 
 
 @contextlib.contextmanager
 def throwaway(scale: str | None = None) -> Iterator[str]:
     """A copy of the course data that is dropped when the block ends. Yields its DSN."""
-    name = f"{CLONE_PREFIX}{secrets.token_hex(4)}"
+    name = f"{CLONE_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
     dsn = _clone(name, scale)
     try:
         yield dsn

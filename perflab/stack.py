@@ -705,12 +705,34 @@ def status() -> list[dict]:
             "service": service.name, "version": version, "url": service.masked_url,
             "pid": service.pid if service.managed else None,
             "data_dir": service.data_dir, "managed": service.managed, "health": health,
+            "disk": _human_bytes(folder_bytes(service.data_dir)) if service.data_dir else None,
         })
     if _replica_configured():
         row = replica_status()
         rows.append({key: row.get(key) for key in ("service", "version", "url", "pid", "data_dir", "health")}
-                    | {"managed": not _replica_override()})
+                    | {"managed": not _replica_override(),
+                       "disk": _human_bytes(folder_bytes(row["data_dir"])) if row.get("data_dir") else None})
     return rows
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes used by the files under ``folder`` (0 if it is missing; unreadable files are skipped)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit in ("B", "kB") else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
 
 
 def env_lines(docker: bool = False) -> list[str]:

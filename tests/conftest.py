@@ -73,3 +73,22 @@ class CourseRun:
 @pytest.fixture(scope="session")
 def course_run(tiny_data):
     return CourseRun()
+
+
+# `make test` shows each file as it runs (pytest's progress line starts with its path) and, at the end,
+# how long each file took (setup, call and teardown of its tests, session fixtures in the first user's).
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    path = report.nodeid.split("::")[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _FILE_SECONDS:
+        return
+    terminalreporter.section("seconds per test file")
+    for path, seconds in sorted(_FILE_SECONDS.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{seconds:8.1f} s  {path}")
+    terminalreporter.write_line(f"{sum(_FILE_SECONDS.values()):8.1f} s  in all")

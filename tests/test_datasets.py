@@ -67,3 +67,62 @@ def test_data_has_the_shape_the_lessons_rely_on(scratch_db):
             "SELECT correlation FROM pg_stats WHERE tablename = 'orders' AND attname = 'created_at'").fetchone()[0]
         assert correlation > 0.99, "orders arrive in time order, as a real table fills up"
         assert conn.execute("SHOW timezone").fetchone()[0] == "UTC"
+
+
+# Disk: notebooks' copies do not pile up in a course run; throwaway copies never outlive their process.
+
+def _databases():
+    from perflab import stack
+
+    with stack.connect() as conn:
+        return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+
+
+def test_a_notebook_copy_goes_when_its_kernel_has_ended(tiny_data):
+    """As in `make run`: the next notebook's copy drops the copy of the one before (its kernel has ended);
+    the copy of a notebook whose kernel still runs (here: this process) stays."""
+    import subprocess
+    import sys
+
+    ended = subprocess.run(
+        [sys.executable, "-c", "from perflab import datasets\n"
+         "print(datasets.workspace('t_disk_a', 'tiny').rsplit('/', 1)[-1].split('?')[0])"],
+        capture_output=True, text=True, check=True, timeout=120).stdout.strip().splitlines()[-1]
+    assert ended in _databases()
+    mine = datasets.workspace("t_disk_b", "tiny").rsplit("/", 1)[-1].split("?")[0]
+    try:
+        names = _databases()
+        assert mine in names and ended not in names, names
+        assert mine not in datasets.drop_orphans()
+    finally:
+        from perflab import stack
+
+        with stack.connect() as conn:
+            datasets._drop_database(conn, mine)
+
+
+def test_a_throwaway_copy_is_dropped_on_interrupt_and_when_its_process_is_killed(tiny_data):
+    import signal
+    import subprocess
+    import sys
+
+    with pytest.raises(KeyboardInterrupt):
+        with datasets.throwaway("tiny") as dsn:
+            name = dsn.rsplit("/", 1)[-1].split("?")[0]
+            raise KeyboardInterrupt
+    assert name not in _databases()
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom perflab import datasets\nwith datasets.throwaway('tiny') as dsn:\n"
+         "    print(dsn.rsplit('/', 1)[-1].split('?')[0], flush=True)\n    time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    orphan = holder.stdout.readline().strip()
+    assert orphan in _databases()
+    assert orphan not in datasets.drop_orphans()  # its process is alive: in use, kept
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with datasets.throwaway("tiny") as dsn:  # a live one of this process survives the cleanup
+        mine = dsn.rsplit("/", 1)[-1].split("?")[0]
+        assert orphan in datasets.drop_orphans()
+        assert mine in _databases()
+    assert orphan not in _databases()

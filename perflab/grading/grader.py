@@ -774,16 +774,18 @@ class GradeReport:
         tests = []
         for exercise in self.exercises:
             for check in exercise.checks:
-                tests.append(
-                    {
-                        "name": f"{exercise.title}: {check.name}",
-                        "score": check.score,
-                        "max_score": check.max_score,
-                        "output": check.shown_message,
-                        "status": "passed" if check.status == "passed" else "failed",
-                        "visibility": "visible",
-                    }
-                )
+                test = {
+                    "name": f"{exercise.title}: {check.name}",
+                    "score": check.score,
+                    "max_score": check.max_score,
+                    "output": check.shown_message,
+                    "status": "passed" if check.status == "passed" else "failed",
+                    "visibility": "visible",
+                }
+                if check.status == "inconclusive":  # not judged: no score, no pass/fail, told to rerun
+                    del test["score"], test["status"]
+                    test["name"] += " (inconclusive — rerun)"
+                tests.append(test)
         return {"score": self.score, "max_score": self.max_score, "output": self.text(), "tests": tests}
 
     def write_results_json(self, path: str | Path) -> Path:
