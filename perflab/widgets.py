@@ -309,7 +309,7 @@ class Panel:
         self.output.add_class("perflab-output")
         rows = [getattr(i, "box", i) for i in self.inputs.values()]
         self.box = w.VBox([w.HTML(f"<b>Try it</b> · {html.escape(self.title)}"),
-                           w.HBox(rows, layout=w.Layout(flex_flow="row wrap", gap="4px 16px")),
+                           w.HBox(rows, layout=w.Layout(flex_flow="row wrap")),
                            w.HBox([self.button, self.progress, self.status]),
                            self.headline, self.output],
                           layout=w.Layout(border="1px solid #ccc", padding="6px"))
