@@ -30,7 +30,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["Int", "Float", "Choice", "Flags", "Outcome", "Panel", "panel", "live_frontend"]
+__all__ = ["Int", "Float", "Choice", "Flags", "Outcome", "Refused", "Panel", "panel", "live_frontend"]
+
+
+class Refused(ValueError):
+    """Raised by a panel's function for a combination of values it will not run (shown as refused)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,6 +355,10 @@ class Panel:
         started = time.monotonic()
         try:
             outcome = Outcome.of(self.fn(**values), title=f"{self.title} · {said}")
+        except Refused as refused:
+            self.error = str(refused)
+            self.status.value = f"<span style='color:#b00'><b>refused</b>: {html.escape(str(refused))}</span>"
+            return
         except Exception as failure:  # the learner sees what failed; the kernel stays usable
             self.error = f"{type(failure).__name__}: {failure}"
             self.status.value = (f"<span style='color:#b00'><b>failed</b>: {html.escape(self.error)}</span>"

@@ -51,6 +51,18 @@ def test_a_value_outside_the_safe_range_is_refused_with_a_message_and_nothing_ru
         widgets.Int("n", 0, 1, 10)
 
 
+def test_the_function_may_refuse_a_combination():
+    def picky(n, mode):
+        if n > 100 and mode == "loop":
+            raise widgets.Refused("a loop over more than 100 items takes too long here")
+        return "ok"
+
+    panel = make_panel(picky, live=True)
+    assert panel.run(n=500, mode="loop") is None
+    assert "refused" in panel.status.value and "too long" in panel.error
+    assert panel.run(n=500, mode="formula").headline == "ok"
+
+
 def test_a_failing_function_shows_its_error_and_leaves_the_panel_usable():
     def broken(n, mode):
         raise RuntimeError("the server went away")
