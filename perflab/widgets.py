@@ -263,6 +263,30 @@ class Outcome:
                         f"not {type(result).__name__}")
 
 
+def _flatten(counters: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"statements": {"lazy": 171}} -> {"statements · lazy": 171}."""
+    flat = {}
+    for key, value in counters.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name} · "))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _display_data(item: Any) -> dict:
+    """An output-area entry for ``item``, binary data (a PNG) base64-encoded as Jupyter expects."""
+    import base64
+
+    from IPython.core.formatters import format_display_data
+
+    data, metadata = format_display_data(item)
+    data = {mime: base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
+            for mime, value in data.items()}
+    return {"output_type": "display_data", "data": data, "metadata": metadata}
+
+
 def live_frontend() -> bool:
     """True in a kernel a Jupyter server started (JupyterLab, Notebook 7), unless PERFLAB_WIDGETS says."""
     mode = os.environ.get("PERFLAB_WIDGETS", "").strip().lower()
@@ -385,17 +409,15 @@ class Panel:
         self.progress.value = 1.0
 
     def _show(self, outcome: Outcome) -> None:
-        self.output.clear_output()
-        self.output.outputs = ()
+        """Figure, table, counters into the output area (set as its state: works with or without a kernel)."""
         shown = [outcome.figure, outcome.table, *outcome.extra]
         if outcome.counters:
             import pandas as pd
 
-            shown.append(pd.DataFrame({"counter": list(outcome.counters),
-                                       "value": [str(v) for v in outcome.counters.values()]}).set_index("counter"))
-        for item in shown:
-            if item is not None:
-                self.output.append_display_data(item)
+            flat = _flatten(outcome.counters)
+            shown.append(pd.DataFrame({"counter": list(flat), "value": [str(v) for v in flat.values()]})
+                         .set_index("counter"))
+        self.output.outputs = tuple(_display_data(item) for item in shown if item is not None)
 
     # ---- display -------------------------------------------------------------------------------
 

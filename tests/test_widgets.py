@@ -1,4 +1,6 @@
 """perflab.widgets driven programmatically (no browser): values in, button clicked, headline and output out."""
+import base64
+
 import pytest
 
 from perflab import widgets
@@ -30,7 +32,7 @@ def test_a_click_runs_the_function_with_the_controls_values_and_names_them_in_th
     assert calls == [(300, "formula")]
     assert "N = 300" in panel.headline.value and "how = formula" in panel.headline.value
     assert f"total {sum(i * i for i in range(300)):,}" in panel.headline.value
-    assert panel.output.outputs, "the counters table is shown in the output area"
+    assert "n" in panel.output.outputs[0]["data"]["text/plain"], "the counters table is shown in the output area"
     assert not panel.button.disabled and panel.progress.layout.visibility == "hidden"
     assert panel.run(n=20).headline.startswith("total 2,470")
     assert panel.runs == 2
@@ -92,7 +94,9 @@ def test_a_comparison_shows_its_plot_and_its_ratio_headline():
     panel = widgets.panel(measure, widgets.Int("n", 1000, 10, 100_000), live=True)
     outcome = panel.run(n=20_000)
     assert "n = 20,000" in panel.headline.value and "sum()" in outcome.headline and "loop" in outcome.headline
-    assert outcome.figure is not None and any("image/png" in o["data"] for o in panel.output.outputs)
+    assert outcome.figure is not None
+    png = next(o["data"]["image/png"] for o in panel.output.outputs if "image/png" in o["data"])
+    assert isinstance(png, str) and base64.b64decode(png).startswith(b"\x89PNG"), "a PNG, base64 as Jupyter expects"
 
 
 def test_flags_and_floats():
