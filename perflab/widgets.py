@@ -365,9 +365,7 @@ class Panel:
         try:
             values = self.values()
         except (ValueError, TypeError) as refused:
-            self.error = str(refused)
-            self.status.value = f"<span style='color:#b00'><b>refused</b>: {html.escape(str(refused))}</span>"
-            return
+            return self._refuse(refused)
         said = " · ".join(self.controls[name].show(value) for name, value in values.items())
         self.button.disabled = True
         self.status.value = f"running with {html.escape(said)} …"
@@ -380,9 +378,7 @@ class Panel:
         try:
             outcome = Outcome.of(self.fn(**values), title=f"{self.title} · {said}")
         except Refused as refused:
-            self.error = str(refused)
-            self.status.value = f"<span style='color:#b00'><b>refused</b>: {html.escape(str(refused))}</span>"
-            return
+            return self._refuse(refused)
         except Exception as failure:  # the learner sees what failed; the kernel stays usable
             self.error = f"{type(failure).__name__}: {failure}"
             self.status.value = (f"<span style='color:#b00'><b>failed</b>: {html.escape(self.error)}</span>"
@@ -399,6 +395,10 @@ class Panel:
         self.status.value = f"done in {elapsed:.1f} s (run {self.runs})"
         self.headline.value = f"<b>{html.escape(said)}</b> → {html.escape(outcome.headline)}"
         self._show(outcome)
+
+    def _refuse(self, reason: Exception) -> None:
+        self.error = str(reason)
+        self.status.value = f"<span style='color:#b00'><b>refused</b>: {html.escape(self.error)}</span>"
 
     def _tick(self, done: threading.Event, started: float) -> None:
         """Advance the bar against the expected time (never reaching the end before the run does)."""
