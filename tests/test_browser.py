@@ -26,12 +26,22 @@ from perflab import paths
 
 ROOT = Path(__file__).resolve().parent.parent
 # notebook: (label of the control to change, value to type, text the new headline must contain)
-CASES = {
+PANELS = {
     "01_let_the_index_work": ("window", "6", "window = 6 hours"),
     "02_n_plus_one": ("N (orders)", "40", "N (orders) = 40"),
+    "03_tail_latency": ("customer (1 = the big tenant)", "1500", "customer (1 = the big tenant) = 1,500"),
+    "04_slow_queries": ("threshold", "5", "threshold = 5 ms"),
     "05_connection_pooling": ("pool size", "3", "pool size = 3"),
     "06_async_gather": ("calls", "30", "calls = 30"),
+    "07_redis_caching": ("TTL", "100", "TTL = 100 ms"),
+    "08_celery_offload": ("arrival rate", "10", "arrival rate = 10 orders/s"),
+    "09_data_structures": ("n (items)", "1000", "n (items) = 1,000"),
+    "10_profiling": ("orders in the report", "1000", "orders in the report = 1,000"),
+    "11_scaling_out": ("writes", "100", "writes = 100 per s"),
 }
+# make test runs four (~1 min each on a quiet machine); PERFLAB_BROWSER_NOTEBOOKS=all (or "03,07") runs others.
+_CHOSEN = os.environ.get("PERFLAB_BROWSER_NOTEBOOKS", "01,02,05,06")
+CASES = {name: case for name, case in PANELS.items() if _CHOSEN == "all" or name[:2] in _CHOSEN.split(",")}
 INSTALL_HINT = ("no Chromium here: install the distribution's browser and driver (Debian/Ubuntu, as root: "
                 "apt-get update && apt-get install -y chromium chromium-driver); .ci/run does it in CI")
 RUN_ALL_TIMEOUT = 240
