@@ -392,9 +392,9 @@ class Panel:
         self.runs += 1
         self.last = outcome
         elapsed = time.monotonic() - started
+        self._show(outcome)  # first: once the headline changes, the figure and tables are there
         self.status.value = f"done in {elapsed:.1f} s (run {self.runs})"
         self.headline.value = f"<b>{html.escape(said)}</b> → {html.escape(outcome.headline)}"
-        self._show(outcome)
 
     def _refuse(self, reason: Exception) -> None:
         self.error = str(reason)

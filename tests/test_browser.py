@@ -194,6 +194,11 @@ def test_panel_runs_in_jupyterlab(name, jupyterlab, browser):
     panel.find_element(By.CSS_SELECTOR, "button.perflab-run").click()
     _wait(lambda: headline.text != before and expected in headline.text, PANEL_TIMEOUT,
           f"the headline to name {expected!r} (status: {panel.find_element(By.CSS_SELECTOR, '.perflab-status').text})")
+    _wait(lambda: panel.find_elements(By.CSS_SELECTOR, ".perflab-output .jp-OutputArea-output"), 30,
+          "the panel's figure or table")
+    images = panel.find_elements(By.CSS_SELECTOR, ".perflab-output img")
+    assert all(browser.execute_script("return arguments[0].naturalWidth", img) > 0 for img in images), \
+        f"{name}: a figure in the panel did not load"
     browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", panel)
     browser.save_screenshot(str(shots / f"{name}_panel.png"))
     print(f"{name}: run all {ran:.0f} s, panel {time.monotonic() - started - ran:.0f} s; {headline.text}")
