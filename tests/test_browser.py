@@ -66,6 +66,8 @@ def jupyterlab(tiny_data, tmp_path_factory):
     pytest.importorskip("selenium", reason="selenium is in the test extra: make setup")
     if _chromium() is None:
         pytest.skip(INSTALL_HINT)
+    if not (Path(sys.executable).parent / "jupyter-lab").exists():
+        pytest.skip("JupyterLab is not installed in this environment: make setup (the lab extra)")
     home = tmp_path_factory.mktemp("lab")
     for name in CASES:
         shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", home / f"{name}.ipynb")
