@@ -30,8 +30,8 @@ help:
 	@echo "make run      start the stack, build the data, execute every notebook, write build/index.html"
 	@echo "make test     unit tests, every notebook and solution at tiny scale, grader checks"
 	@echo "make test-slow    the slow tests: a fresh virtualenv installed from a wheelhouse with no index"
-	@echo "make lab      JupyterLab on 127.0.0.1 (token printed), stack and data ready"
-	@echo "make grade LAB=01 SUBMISSION=path.ipynb"
+	@echo "make lab      JupyterLab on 127.0.0.1 (token printed) over your copies in work/, stack and data ready"
+	@echo "make grade LAB=01 SUBMISSION=work/labs/01_let_the_index_work.ipynb"
 	@echo "make doctor   is this laptop ready for the course? (a table of checks, each red line with its fix)"
 	@echo "make wheelhouse   every wheel the course needs in wheelhouse/, for an offline set-up"
 	@echo "make up | down | status | env | data | labs | bench SCALE=full | strip | clean"
@@ -78,9 +78,14 @@ env: setup
 data: up
 	$(PERFLAB) data build $(if $(SCALE),--scale $(SCALE),)
 
+# JupyterLab opens your own copies in work/ (git-ignored; made once, never overwritten), so autosave
+# never touches the course's notebooks/ and labs/. Grade a copy: make grade LAB=01 SUBMISSION=work/labs/01_...
+# As root (containers, CI) Jupyter refuses to start without --allow-root.
 lab: data
-	@echo "JupyterLab on 127.0.0.1 only; open the URL with the token printed below."
-	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=$(CURDIR)
+	@mkdir -p work/notebooks work/labs
+	@for f in notebooks/*.ipynb labs/*.ipynb; do test -e "work/$$f" || cp "$$f" "work/$$f"; done
+	@echo "JupyterLab on 127.0.0.1 only; open the URL with the token printed below. Your copies: work/notebooks, work/labs"
+	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=$(CURDIR)/work $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # `+`: run in question mode (see MAKEFLAGS above); set-up runs in a sub-make of its own, not in question mode.
 grade:

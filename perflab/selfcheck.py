@@ -5,9 +5,14 @@ early whether an answer is on the right track: same rows as the original query? 
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from perflab import probes
+
+# CREATE [UNIQUE] INDEX [CONCURRENTLY] [IF NOT EXISTS] name ON ...: the name, when the DDL gives one.
+_INDEX_NAME = re.compile(r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
+                         r"(?!ON\b)(?P<name>\"[^\"]+\"|[\w.]+)\s+ON\b", re.IGNORECASE)
 
 
 def _rows(conn, sql: str, params=None) -> Counter:
@@ -29,7 +34,14 @@ def query(conn, sql: str, *, same_as: str, params=None, table: str = "orders") -
 
 
 def index_only(conn, ddl: str, sql: str, params=None, table: str = "orders") -> bool:
-    """Create the index (in this notebook's copy of the data), VACUUM, and show the plan."""
+    """Create the index (in this notebook's copy of the data), VACUUM, and show the plan.
+
+    Re-runnable: a named index is dropped first, so running the cell again (after editing the DDL,
+    or not) rebuilds it instead of failing with DuplicateTable.
+    """
+    named = _INDEX_NAME.match(ddl)
+    if named:
+        conn.execute(f"DROP INDEX IF EXISTS {named.group('name')}")
     conn.execute(ddl)
     conn.execute(f"VACUUM ANALYZE {table}")
     plan = probes.explain(conn, sql, params)
