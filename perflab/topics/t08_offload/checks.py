@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -164,8 +166,6 @@ class _JailedWorker:
         """Warm shutdown (SIGTERM to its process group), then every process of its jail is killed."""
         if self.alive():
             with contextlib.suppress(OSError):
-                import os
-
                 os.killpg(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while self.alive() and time.monotonic() < deadline:
@@ -188,8 +188,6 @@ def _starter(ctx):
                     "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--queues", queue,
                     "--loglevel", loglevel, "--logfile", str(log_file), "--prefetch-multiplier", "1",
                     "--without-gossip", "--without-mingle", "--without-heartbeat"]
-            import subprocess
-
             with open(log_file.with_suffix(".out"), "wb") as out:
                 process = box.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
             worker = _JailedWorker(name, box, process, concurrency, pool, log_file)
