@@ -7,6 +7,7 @@ by the one or two checks they are about, called directly on a grading context (t
 and jailed workers, no notebook run).
 """
 import contextlib
+import os
 import textwrap
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from labtools import SLOW, TIMED, expect, fails, graded, passes, solution_answers
 
 from perflab import stack
-from perflab.grading import grader
+from perflab.grading import grader, isolation
 from perflab.grading.grader import GradingContext, RecordedFunction
 from perflab.topics.t08_offload import rig
 
@@ -52,10 +53,13 @@ def judge(checks: list, **replaced) -> dict:
 
 
 def _workers_alive() -> list[int]:
+    """Topic-8 worker processes of this test run's gradings (their database role names this process), alive."""
+    mine = f"{isolation.PREFIX}{os.getpid()}_"
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if rig.WORKER_APP in " ".join(proc.info["cmdline"] or []):
+            if rig.WORKER_APP in " ".join(proc.info["cmdline"] or []) and \
+                    mine in proc.environ().get("DATABASE_URL", "") and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc.info["pid"])
     return found
 
