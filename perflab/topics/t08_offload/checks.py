@@ -2,14 +2,29 @@
 
 The submission is three answers: ``create_order(conn, celery_app, order_id)`` (the handler behind
 ``POST /orders/{order_id}``, returning ``(status, body)``), ``process_order_once(conn, order_id)``
-(the job: email, report, save) and ``WORKER_SETTINGS`` (a dict of Celery settings). The grader
-writes the learner's task body into a throwaway module registered as a Celery task
-(:mod:`perflab.topics.t08_rig.rig`, which the notebook uses too), runs it in real ``celery worker`` processes on the course's Redis (its own
-queue and key prefix) and counts every effect in its own copy of the database:
+(the job: email, report, save) and ``WORKER_SETTINGS`` (a dict of Celery settings). No learner code runs
+in the grader's process:
+
+* the **job** runs in real ``celery worker`` processes (the rig's app, :mod:`perflab.topics.t08_offload.worker`,
+  which registers the learner's source as the task) started by the grader **through the jail**
+  (:func:`perflab.grading.jail.jail`): a jail of their own per worker (its own unprivileged user, limits
+  and cgroup), with the submission sandbox's environment (its database role on its clone, its own Redis
+  as the broker). The grader owns them: it ``kill -9``'s a worker by killing its whole jail, and a pool
+  process only after checking it is a child of the worker it started;
+* the **handler** runs in the submission's sandbox, behind the rig's web app (:mod:`.drivers`); the grader
+  sends the HTTP requests and times them from outside; the inline baseline is the starter's handler from
+  the solution notebook, served the same way in the reference sandbox;
+* every **effect** is counted by the grader in the database with its own admin connection. The topic's
+  tables are made by the grader (owned by it, checked again after each experiment): the sandbox's role may
+  only add rows to ``order_emails`` (an email sent cannot be taken back), and a run counts as the worker's
+  only if it was logged by a process of the worker the grader started. The task states come from the
+  broker's result keys, read by the grader's own Celery client.
+
+The checks:
 
 * **offload** — one order answers 202 with a task id, and the job runs in the worker; under an
   open-loop load (``RATE``/s for ``DURATION`` s, the same schedule in the same run), the endpoint's
-  p50 is at most ``P50_FRACTION`` of the inline reference's and below half a job's duration, and
+  p50 is at most ``P50_FRACTION`` of the inline version's and below half a job's duration, and
   every order placed is processed by the worker;
 * **exactly once after a crash** — 12 jobs, the whole worker ``kill -9``'d mid-report, a fresh one
   started: every order has its report and exactly one email; and, in a prefork worker, one pool
@@ -23,11 +38,20 @@ waited for it).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from perflab import stack
-from perflab.topics.t08_offload import rig
+from perflab import load, stack
 from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, RecordedFunction, SubmissionError
+from perflab.grading.jail import Jail, jail
+from perflab.topics.t08_offload import rig
 
 RATE = 20  # orders per second, open loop: more than the inline endpoint's 4 threads can finish (16/s)
 DURATION = 2.0
@@ -36,9 +60,12 @@ P50_BOUND_MS = rig.WORK_S * 1000 / 2  # below half a job: the response did not w
 MAX_LATE_SEND_MS = 250  # the load generator's own lag beyond this: the machine is too busy to judge
 JOBS = 12
 MIN_VISIBILITY_S = 1.0
+DRIVERS = "perflab.topics.t08_offload.drivers"
+READY_TIMEOUT = 30.0
 
-# What the learner's functions may use without importing (the lab says so); the worker has the same names.
-NAMESPACE = rig.job_namespace()
+# The topic's tables, made by the grader in each sandbox's clone; what the sandbox's role may do to each.
+TABLES = ("order_emails", "email_claims", "order_reports", "order_runs", "call_attempts")
+ROLE_PRIVILEGES = {"order_emails": "SELECT, INSERT"}  # the others: SELECT, INSERT, UPDATE, DELETE
 
 IDEMPOTENT_HINT = ("Make process_order_once idempotent: claim the order's dedupe key (INSERT INTO email_claims "
                    "(order_id) VALUES (%s) ON CONFLICT DO NOTHING RETURNING order_id) in the same transaction "
@@ -46,15 +73,175 @@ IDEMPOTENT_HINT = ("Make process_order_once idempotent: claim the order's dedupe
                    "(ON CONFLICT (order_id) DO NOTHING)")
 
 
+# ------------------------------------------------------------------------------------------------
+# The grader's side of the experiments: tables, workers in jails, the handler's app in its sandbox
+# ------------------------------------------------------------------------------------------------
+
+def _db(ctx, side: str) -> tuple[str, str, str]:
+    """(role DSN, admin DSN, role) of a side's clone ("original" and "reference" share one)."""
+    if side == "submission":
+        return ctx.dsn, ctx.admin_dsn, ctx.role
+    return ctx.reference_dsn, ctx.reference_admin_dsn, ctx.reference_role
+
+
+def _prepare(ctx, side: str = "submission") -> None:
+    """The topic's tables in the side's clone, made (again) by the grader: owned by it, the role granted what
+    the jobs need. Whatever the sandbox made under those names before is dropped."""
+    key = "submission" if side == "submission" else "reference"
+    done = ctx.scratch.setdefault("tables", {})
+    if key in done:
+        rig.reset(_db(ctx, side)[1])
+        return
+    _, admin, role = _db(ctx, side)
+    with stack.connect(dsn=admin) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {', '.join(TABLES)} CASCADE")
+        conn.execute(rig.SCHEMA)
+        for table in TABLES:
+            conn.execute(f'GRANT {ROLE_PRIVILEGES.get(table, "SELECT, INSERT, UPDATE, DELETE")} ON {table} TO "{role}"')
+        conn.execute(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+        done[key] = conn.execute("SELECT current_user").fetchone()[0]
+    rig.reset(admin)
+
+
+def _intact(ctx, side: str = "submission") -> None:
+    """The grader's tables are still the grader's (the role owns the schema, so it could drop and replace them)."""
+    key = "submission" if side == "submission" else "reference"
+    owner = ctx.scratch["tables"][key]
+    with stack.connect(dsn=_db(ctx, side)[1]) as conn:
+        rows = dict(conn.execute("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public' "
+                                 "AND tablename = ANY(%s)", (list(TABLES),)).fetchall())
+    replaced = sorted(t for t in TABLES if rows.get(t) != owner)
+    if replaced:
+        raise SubmissionError(f"the grader's tables {replaced} were dropped or replaced while your code ran: the "
+                              "effects are counted in the grader's own tables; leave them in place")
+
+
+def _worker_pids(worker) -> list[int]:
+    """The worker's main process and its pool, as the OS reports them."""
+    return sorted({worker.pid} | rig._children(worker.pid))
+
+
+@dataclass
+class _JailedWorker:
+    """A ``celery worker`` started by the grader through the jail (the same interface as stack.CeleryWorker)."""
+
+    name: str
+    box: Jail
+    process: object
+    concurrency: int
+    pool: str
+    log_file: Path
+    pids_seen: set = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self, lines: int = 30) -> str:
+        text = ""
+        for path in (self.log_file, self.log_file.with_suffix(".out")):
+            with contextlib.suppress(OSError):
+                text += path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"the Celery worker exited while starting:\n{self.log(15)}")
+            with contextlib.suppress(OSError):
+                if " ready." in self.log_file.read_text(errors="replace"):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"the Celery worker was not ready after {timeout:g} s:\n{self.log(15)}")
+
+    def kill(self) -> None:
+        """``kill -9`` the worker: every process of its jail (its pool, and whatever it started)."""
+        self.box.kill_all()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Warm shutdown (SIGTERM to its process group), then every process of its jail is killed."""
+        if self.alive():
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.box.kill_all()
+
+
+def _starter(ctx):
+    """How this run starts a worker (``stack.celery_worker``'s signature): in a jail of its own, as an
+    unprivileged user, with the submission sandbox's environment; owned and stopped by the grader."""
+    sandbox_env = {"PERFLAB_GRADING": "1", "DATABASE_URL": ctx.dsn, "REDIS_URL": ctx.redis_url("submission")}
+
+    @contextlib.contextmanager
+    def start(app: str, *, queue: str, concurrency: int = 4, pool: str = "threads", env: dict | None = None,
+              name: str = "t08-worker", loglevel: str = "INFO"):
+        with jail("t08-worker", ctx.limits, sandbox_env) as box:
+            log_file = box.workdir / f"{name}.log"
+            extra = [f"{key}={value}" for key, value in (env or {}).items()]
+            argv = ["/usr/bin/env", *extra, sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool,
+                    "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--queues", queue,
+                    "--loglevel", loglevel, "--logfile", str(log_file), "--prefetch-multiplier", "1",
+                    "--without-gossip", "--without-mingle", "--without-heartbeat"]
+            with open(log_file.with_suffix(".out"), "wb") as out:
+                process = box.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            worker = _JailedWorker(name, box, process, concurrency, pool, log_file)
+            try:
+                worker.wait_ready()
+                yield worker
+            finally:
+                worker.stop()
+
+    return start
+
+
+def _experiment(ctx) -> dict:
+    """What the rig's experiments need to run here: count as the grader, broker and workers of the sandbox."""
+    return {"count_dsn": ctx.admin_dsn, "broker": ctx.redis_url("submission"), "start": _starter(ctx)}
+
+
+class _App:
+    """A side's ``create_order`` served by the rig's web app inside its sandbox (a driver); ``with`` gives its URL."""
+
+    def __init__(self, ctx, side: str, queue: str, prefix: str, web_threads: int = 4):
+        answer = ctx.function("create_order") if side == "submission" else ctx.original_function("create_order")
+        self._serve = answer.via(f"{DRIVERS}:serve", timeout=30)
+        self._stop = answer.via(f"{DRIVERS}:stop", timeout=30)
+        self.args = (queue, prefix, web_threads)
+
+    def __enter__(self) -> str:
+        url = self._serve(*self.args)
+        if not (isinstance(url, str) and url.startswith("http://127.0.0.1:")):
+            raise RuntimeError(f"the sandbox's app did not start (it answered {url!r})")
+        return url
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(SubmissionError):
+            self._stop()
+
+
 def _task_body(ctx) -> str:
-    """The learner's process_order_once as source (checked here first: a broken one fails here)."""
-    ctx.function("process_order_once", NAMESPACE)  # raises SubmissionError if it cannot be re-created
+    """The learner's process_order_once as source (checked first: one that cannot be re-created fails here)."""
+    ctx.function("process_order_once")  # raises SubmissionError if it cannot be re-created in the sandbox
     return ctx.answers["process_order_once"].source
 
 
-def _handler(ctx):
-    task = ctx.function("process_order_once", NAMESPACE)
-    return ctx.function("create_order", {**NAMESPACE, "process_order_once": task})
+def _handler_loads(ctx) -> None:
+    ctx.function("process_order_once")
+    ctx.function("create_order")
+
+
+def _reference_settings(ctx) -> dict:
+    """Late acks as the solution notebook sets them (for the checks that do not grade WORKER_SETTINGS)."""
+    settings = ctx.sources("reference")["WORKER_SETTINGS"]
+    if not isinstance(settings, dict):
+        raise RuntimeError(f"the solution notebook's WORKER_SETTINGS is not a dict literal: {settings!r}")
+    return settings
 
 
 def _settings(ctx) -> dict:
@@ -73,14 +260,17 @@ def _settings(ctx) -> dict:
     return settings
 
 
-def _run(experiment, *args, **kwargs):
-    """An experiment; a worker that cannot start or run the task is the submission's fault."""
+def _run(ctx, experiment, *args, **kwargs):
+    """An experiment; a worker that cannot start or run the task is the submission's fault. The grader's
+    tables must still be its own afterwards."""
     try:
-        return experiment(*args, **kwargs)
+        result = experiment(*args, **kwargs)
     except (SubmissionError, Inconclusive):
         raise
     except (stack.StackError, RuntimeError) as exc:
         raise SubmissionError(f"the worker could not run your task: {exc}") from None
+    _intact(ctx)
+    return result
 
 
 def _first_error(delivery) -> str:
@@ -96,9 +286,50 @@ def _plural(n: int, one: str, many: str | None = None) -> str:
 # Exercise 1 · the endpoint answers 202 and the worker does the job
 # ------------------------------------------------------------------------------------------------
 
+def _one_order(ctx) -> rig.OneOrder:
+    """One POST /orders to the learner's handler (in its sandbox), a worker (in a jail) running the job; its
+    task polled through the grader's own client until it ends; the effects counted by the grader."""
+    import requests
+
+    _handler_loads(ctx)
+    body = _task_body(ctx)
+    _prepare(ctx)
+    order = "single-1"
+    run = _experiment(ctx)
+    with rig.worker(body, _reference_settings(ctx), ctx.dsn, concurrency=2, label="one", broker=run["broker"],
+                    start=run["start"]) as w:
+        pids = _worker_pids(w.worker)
+        with _App(ctx, "submission", w.queue, w.prefix) as url:
+            started = time.perf_counter()
+            try:
+                response = requests.post(f"{url}/orders/{order}", timeout=20)
+            except requests.RequestException as exc:
+                raise SubmissionError(f"POST /orders/{order} got no answer: {type(exc).__name__}: {exc}") from None
+            answered_ms = (time.perf_counter() - started) * 1000
+            answered_at = time.time()
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = response.text[:200]
+        state = None
+        task_id = answer.get("task_id") if isinstance(answer, dict) else None
+        if task_id and isinstance(task_id, str):
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                state = w.client.AsyncResult(task_id).state  # the broker's result keys, read by the grader
+                if state in ("SUCCESS", "FAILURE", "REVOKED"):
+                    break
+                time.sleep(0.05)
+    ran = rig._count(ctx.admin_dsn, "SELECT count(*) FROM order_runs WHERE order_id = %s AND finished_at IS NOT NULL "
+                                    "AND pid = ANY(%s)", order, pids) > 0
+    saved = rig._count(ctx.admin_dsn, "SELECT count(*) FROM order_reports WHERE order_id = %s "
+                                      "AND saved_at <= to_timestamp(%s)", order, answered_at) > 0
+    _intact(ctx)
+    return rig.OneOrder("your create_order", response.status_code, answer, answered_ms, state, ran, saved)
+
+
 def answers_202(ctx) -> CheckResult:
-    handler, body = _handler(ctx), _task_body(ctx)
-    one = _run(rig.one_order, handler, body, ctx.dsn)
+    one = _run(ctx, _one_order, ctx)
     if one.status == 500:
         return CheckResult.fail(f"POST /orders/single-1 answered 500: create_order raised "
                                 f"{one.body.get('error') if isinstance(one.body, dict) else one.body}")
@@ -111,19 +342,68 @@ def answers_202(ctx) -> CheckResult:
     if not isinstance(one.body, dict) or not one.body.get("task_id"):
         return CheckResult.fail(f"the 202 answer has no task_id ({json.dumps(one.body)[:100]}): return the id of "
                                 "the task you sent, so that the client can poll GET /tasks/{task_id}")
+    if one.report_saved:
+        return CheckResult.fail(f"POST /orders/single-1 answered 202 after {one.answered_ms:.0f} ms, but the report "
+                                "was already saved when it answered: the job ran in the request. Enqueue it and "
+                                "answer at once")
     if one.state != "SUCCESS" or not one.ran_in_worker:
         return CheckResult.fail(
             f"the task {one.body['task_id']} ended in state {one.state} and the job "
             f"{'ran' if one.ran_in_worker else 'did not run'} in the worker: send the task named TASK_NAME "
             f"({rig.TASK_NAME!r}) with args=[order_id]")
-    return CheckResult.ok(f"202 in {one.answered_ms:.0f} ms with a task id; GET /tasks/<id> reached SUCCESS "
+    return CheckResult.ok(f"202 in {one.answered_ms:.0f} ms with a task id; the task reached SUCCESS "
                           "and the job ran in the worker")
 
 
+@dataclass
+class _Load:
+    baseline: load.LoadResult
+    candidate: load.LoadResult
+    orders: int
+    completed: int
+    ran_in_worker: int
+
+    @property
+    def fraction(self) -> float:
+        return self.candidate.p50_ms / self.baseline.p50_ms
+
+
+def _under_load(ctx) -> _Load:
+    """The same open-loop schedule against the starter's inline handler (reference sandbox) and against the
+    learner's (its sandbox, a jailed worker behind it); requests sent and timed by the grader."""
+    _handler_loads(ctx)
+    body = _task_body(ctx)
+    _prepare(ctx, "submission")
+    _prepare(ctx, "reference")
+    run = _experiment(ctx)
+    results = {}
+    with rig.worker(body, _reference_settings(ctx), ctx.dsn, concurrency=8, label="load", broker=run["broker"],
+                    start=run["start"]) as w:
+        pids = _worker_pids(w.worker)
+        # The inline version needs no worker: its Celery client points at the reference's own Redis.
+        with _App(ctx, "original", f"t08-inline-{w.queue}", w.prefix) as url:
+            results["inline"] = load.open_loop(lambda i: ("POST", f"{url}/orders/v0-{i}"), rate=RATE,
+                                               duration=DURATION, timeout=20)
+        with _App(ctx, "submission", w.queue, w.prefix) as url:
+            results["yours"] = load.open_loop(lambda i: ("POST", f"{url}/orders/v1-{i}"), rate=RATE,
+                                              duration=DURATION, timeout=20)
+        orders = len(results["yours"].requests)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if rig._count(ctx.admin_dsn, "SELECT count(*) FROM order_reports WHERE order_id LIKE 'v1-%%'") >= orders:
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)
+        pids = sorted(set(pids) | set(_worker_pids(w.worker)))
+    completed = rig._count(ctx.admin_dsn, "SELECT count(*) FROM order_reports WHERE order_id LIKE 'v1-%%'")
+    in_worker = rig._count(ctx.admin_dsn, "SELECT count(DISTINCT order_id) FROM order_runs WHERE order_id LIKE 'v1-%%' "
+                                          "AND finished_at IS NOT NULL AND pid = ANY(%s)", pids)
+    _intact(ctx)
+    return _Load(results["inline"], results["yours"], orders, completed, in_worker)
+
+
 def p50_under_load(ctx) -> CheckResult:
-    handler, body = _handler(ctx), _task_body(ctx)
-    run = _run(rig.endpoint_under_load, {"inline (reference)": rig.inline_reference, "your create_order": handler},
-               body, ctx.dsn, rate=RATE, duration=DURATION)
+    run = _run(ctx, _under_load, ctx)
     details = {"inline_p50_ms": round(run.baseline.p50_ms, 1), "p50_ms": round(run.candidate.p50_ms, 1),
                "p99_ms": round(run.candidate.p99_ms, 1), "fraction": round(run.fraction, 3)}
     statuses = run.candidate.requests.status.astype(str).value_counts().to_dict()
@@ -193,7 +473,8 @@ def _effect_problems(delivery) -> list[str]:
 
 def survives_worker_kill(ctx) -> CheckResult:
     settings, body = _settings(ctx), _task_body(ctx)
-    delivery = _run(rig.kill_worker_mid_run, body, settings, ctx.dsn, jobs=JOBS)
+    _prepare(ctx)
+    delivery = _run(ctx, rig.kill_worker_mid_run, body, settings, ctx.dsn, jobs=JOBS, **_experiment(ctx))
     details = delivery.summary()
     if delivery.killed == 0:
         raise Inconclusive("no job was running when the worker was killed (this machine is very slow?); rerun")
@@ -213,7 +494,8 @@ def survives_worker_kill(ctx) -> CheckResult:
 
 def survives_pool_process_kill(ctx) -> CheckResult:
     settings, body = _settings(ctx), _task_body(ctx)
-    delivery = _run(rig.kill_pool_process, body, settings, ctx.dsn)
+    _prepare(ctx)
+    delivery = _run(ctx, rig.kill_pool_process, body, settings, ctx.dsn, **_experiment(ctx))
     details = delivery.summary()
     if delivery.killed == 0:
         raise Inconclusive("the pool process had finished its job before it was killed; rerun")
@@ -246,7 +528,8 @@ def survives_pool_process_kill(ctx) -> CheckResult:
 
 def duplicate_has_one_effect(ctx) -> CheckResult:
     body = _task_body(ctx)
-    delivery = _run(rig.submit_duplicates, body, rig.LATE_ACKS, ctx.dsn)
+    _prepare(ctx)
+    delivery = _run(ctx, rig.submit_duplicates, body, _reference_settings(ctx), ctx.dsn, **_experiment(ctx))
     order = delivery.orders[0]
     emails, reports = delivery.emails.get(order, 0), delivery.reports.get(order, 0)
     details = delivery.summary()
@@ -273,6 +556,8 @@ LAB = LabSpec(
     solution="08_celery_offload.ipynb",
     cell_timeout=180,
     total_timeout=600,
+    namespace="perflab.topics.t08_offload.rig:NAMESPACE",
+    needs_redis=True,
     exercises=[
         Exercise("offload", "Answer 202 and let a worker do the job", None, ["create_order", "process_order_once"], [
             Check("answers 202 with a task id; the job runs in the worker", answers_202, 1),

@@ -103,7 +103,11 @@ def job_namespace() -> dict:
             "build_report": build_report, "json": json, "os": os, "time": time, "secrets": secrets}
 
 
-# The grader's baseline: an idempotent job, run inline by the reference handler.
+# What a learner's job or handler may use without importing it (lab 08's LabSpec(namespace=...)).
+NAMESPACE = job_namespace()
+
+
+# The notebook's baseline: an idempotent job, run inline by the reference handler.
 LATE_ACKS = {
     "task_acks_late": True,  # acknowledge when the task returns, not when it starts
     "task_reject_on_worker_lost": True,  # a pool process that dies: requeue its task, don't ack it
@@ -302,6 +306,7 @@ class Worker:
     prefix: str
     env: dict
     names: list = field(default_factory=list)  # every worker process started for this experiment
+    start: Callable | None = None  # how a worker process is started (default: stack.celery_worker)
 
     def another(self, label: str = "restart", **kwargs):
         """A fresh worker process on the same queue and broker keys (like a supervisor restarting it)."""
@@ -310,8 +315,7 @@ class Worker:
         kwargs.setdefault("concurrency", self.worker.concurrency)
         name = f"t08-{label}-{secrets.token_hex(3)}"
         self.names.append(name)
-        return stack.celery_worker("perflab.topics.t08_offload.worker", queue=self.queue, env=self.env, name=name,
-                                   **kwargs)
+        return (self.start or stack.celery_worker)(WORKER_APP, queue=self.queue, env=self.env, name=name, **kwargs)
 
     def unacked(self, r) -> int:
         return int(r.hlen(self.prefix + "unacked"))
@@ -320,35 +324,42 @@ class Worker:
         return int(r.llen(self.prefix + self.queue))
 
 
+WORKER_APP = "perflab.topics.t08_offload.worker"  # the module `celery -A` loads
+
+
 @contextlib.contextmanager
 def worker(job: Callable | str, settings: dict | None, dsn: str, *, concurrency: int = 4, pool: str = "threads",
-           label: str = "w") -> Iterator[Worker]:
+           label: str = "w", broker: str | None = None, start: Callable | None = None) -> Iterator[Worker]:
     """A real worker running ``job`` as :data:`TASK_NAME` with ``settings`` applied; stopped (and its
-    Redis keys deleted) when the block ends."""
+    Redis keys deleted) when the block ends.
+
+    ``dsn`` is what the job connects with; ``broker`` the Redis URL (default: the stack's); ``start`` how a
+    worker process is started, with :func:`perflab.stack.celery_worker`'s signature (default: that one; the
+    grader passes one that starts it in a sandbox)."""
     from celery import Celery
 
     from perflab import stack
 
-    running = stack.ensure()
+    broker = broker or stack.ensure().redis_url
     prefix = f"{KEY_PREFIX}{secrets.token_hex(4)}:"
     queue = f"t08-{label}-{secrets.token_hex(3)}"
     source, name = _source_of(job)
-    spec = {"broker": running.redis_url, "queue": queue, "prefix": prefix, "settings": settings or {}, "dsn": dsn,
+    spec = {"broker": broker, "queue": queue, "prefix": prefix, "settings": settings or {}, "dsn": dsn,
             "source": source, "name": name}
     env = {WORKER_ENV: json.dumps(spec), "PERFLAB_T08_WORK_SECONDS": str(WORK_S)}
     names = [f"t08-{label}-{secrets.token_hex(3)}"]
-    client = configure(Celery("perflab.t08.client"), broker=running.redis_url, queue=queue, prefix=prefix)
+    client = configure(Celery("perflab.t08.client"), broker=broker, queue=queue, prefix=prefix)
     try:
-        with stack.celery_worker("perflab.topics.t08_offload.worker", queue=queue, concurrency=concurrency,
-                                 pool=pool, env=env, name=names[0]) as started:
-            yield Worker(started, client, queue, prefix, env, names)
+        with (start or stack.celery_worker)(WORKER_APP, queue=queue, concurrency=concurrency,
+                                            pool=pool, env=env, name=names[0]) as started:
+            yield Worker(started, client, queue, prefix, env, names, start)
         for each in names:  # the experiment went as planned: its workers' logs are not needed
             for suffix in (".log", ".out"):
                 (started.log_file.parent / f"{each}{suffix}").unlink(missing_ok=True)
     finally:  # on a failure the workers' logs stay in .perflab/celery/, to be read
         with contextlib.suppress(Exception):
             client.close()
-        _delete_keys(stack.redis_client(running.redis_url), prefix)
+        _delete_keys(stack.redis_client(broker), prefix)
 
 
 def _delete_keys(r, prefix: str) -> None:
@@ -568,6 +579,16 @@ def _wait_for(dsn: str, orders: list[str], w: Worker, r, *, since_run_id: int = 
         time.sleep(0.05)
 
 
+def _children(pid: int) -> set[int]:
+    """Every process below ``pid`` (a worker's pool), as the OS reports it."""
+    import psutil
+
+    try:
+        return {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
 def _wait_running(dsn: str, n: int, w: Worker, timeout: float = 20.0) -> list[tuple]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -583,16 +604,21 @@ def _wait_running(dsn: str, n: int, w: Worker, timeout: float = 20.0) -> list[tu
 
 
 def kill_worker_mid_run(job: Callable | str, settings: dict, dsn: str, *, jobs: int = 12, concurrency: int = 4,
-                        wait_s: float = REDELIVERY_WAIT_S) -> Delivery:
+                        wait_s: float = REDELIVERY_WAIT_S, count_dsn: str | None = None, broker: str | None = None,
+                        start: Callable | None = None) -> Delivery:
     """``jobs`` orders; once ``concurrency`` are running (half-way through the report), ``kill -9``
     the whole worker; start a fresh one on the same queue and wait (at most ``wait_s`` after the kill)
-    for every order to complete. Returns what happened, counted in the database."""
+    for every order to complete. Returns what happened, counted in the database.
+
+    ``count_dsn``: where the rig resets and counts (default ``dsn``, what the job connects with);
+    ``broker`` and ``start``: as for :func:`worker`."""
     from perflab import stack
 
+    job_dsn, dsn = dsn, count_dsn or dsn
     reset(dsn)
-    r = stack.redis_client(stack.ensure().redis_url)
+    r = stack.redis_client(broker or stack.ensure().redis_url)
     orders = [f"kill-{i}" for i in range(jobs)]
-    with worker(job, settings, dsn, concurrency=concurrency, label="kill") as w:
+    with worker(job, settings, job_dsn, concurrency=concurrency, label="kill", broker=broker, start=start) as w:
         for order in orders:
             w.client.send_task(TASK_NAME, args=[order])
         _wait_running(dsn, concurrency, w)
@@ -612,7 +638,8 @@ def kill_worker_mid_run(job: Callable | str, settings: dict, dsn: str, *, jobs: 
 
 
 def kill_pool_process(job: Callable | str, settings: dict, dsn: str, *, jobs: int = 4, concurrency: int = 2,
-                      wait_s: float = REDELIVERY_WAIT_S) -> Delivery:
+                      wait_s: float = REDELIVERY_WAIT_S, count_dsn: str | None = None, broker: str | None = None,
+                      start: Callable | None = None) -> Delivery:
     """A prefork worker (Celery's default pool); once its processes are running jobs, ``kill -9`` one
     *pool process* (the worker itself survives and replaces it). Did that job come back?
 
@@ -621,21 +648,26 @@ def kill_pool_process(job: Callable | str, settings: dict, dsn: str, *, jobs: in
     worker notices the lost process, within ~5 s), not through the broker's timeout."""
     from perflab import stack
 
+    job_dsn, dsn = dsn, count_dsn or dsn
     reset(dsn)
-    r = stack.redis_client(stack.ensure().redis_url)
+    r = stack.redis_client(broker or stack.ensure().redis_url)
     orders = [f"pool-{i}" for i in range(jobs)]
     settings = dict(settings) if isinstance(settings, dict) else {}
     transport = settings.get("broker_transport_options")
     settings["broker_transport_options"] = {**(transport if isinstance(transport, dict) else {}),
                                             "visibility_timeout": POOL_VISIBILITY_TIMEOUT_S}
-    with worker(job, settings, dsn, concurrency=concurrency, pool="prefork", label="pool") as w:
+    with worker(job, settings, job_dsn, concurrency=concurrency, pool="prefork", label="pool", broker=broker,
+                start=start) as w:
         for order in orders:
             w.client.send_task(TASK_NAME, args=[order])
         running = _wait_running(dsn, concurrency, w)
         time.sleep(WORK_S / 2)
-        victim = next((pid for _, _, pid in running if pid != w.worker.pid), None)
+        # Only a pool process of this worker is ever signalled (the pids come from a table, so check them).
+        pool_pids = _children(w.worker.pid)
+        victim = next((pid for _, _, pid in running if pid != w.worker.pid and pid in pool_pids), None)
         if victim is None:
-            raise RuntimeError("the job ran in the worker's main process, not in a pool process")
+            raise RuntimeError("no job was running in a pool process of the worker (the runs logged pids "
+                               f"{sorted({pid for _, _, pid in running})}, the worker's pool is {sorted(pool_pids)})")
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
         killed_at = time.time()
@@ -654,13 +686,16 @@ def kill_pool_process(job: Callable | str, settings: dict, dsn: str, *, jobs: in
 
 
 def submit_duplicates(job: Callable | str, settings: dict | None, dsn: str, *, concurrency: int = 2,
-                      timeout: float = 20.0) -> Delivery:
+                      timeout: float = 20.0, count_dsn: str | None = None, broker: str | None = None,
+                      start: Callable | None = None) -> Delivery:
     """One order submitted twice at the same instant (a double click), then once more after both
-    finished (a client retrying). Returns the effects, counted in the database."""
+    finished (a client retrying). Returns the effects, counted in the database (``count_dsn``, ``broker``,
+    ``start``: as for :func:`kill_worker_mid_run`)."""
+    job_dsn, dsn = dsn, count_dsn or dsn
     reset(dsn)
     order = "order-42"
     started = time.monotonic()
-    with worker(job, settings, dsn, concurrency=concurrency, label="dup") as w:
+    with worker(job, settings, job_dsn, concurrency=concurrency, label="dup", broker=broker, start=start) as w:
         pair = [w.client.send_task(TASK_NAME, args=[order]) for _ in range(2)]
         for result in pair:
             with contextlib.suppress(Exception):

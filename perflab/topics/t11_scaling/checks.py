@@ -1,34 +1,38 @@
 """Lab 11 · Scaling out: a read router — the grader's checks.
 
-The learner's ``open_router(primary_dsn, replica_dsn) -> (route, close)`` is re-created from its source in
-this process (``ctx.function``) and called only through :func:`_call` (``call_submitted``, one place). The
-grader runs the workload itself: 8 users in parallel, each writing its own display name on the primary
-and reading it back, immediately and then a few times ``THINK_MS`` apart, through ``route``.
+No router runs in this process. The learner's ``open_router(primary_dsn, replica_dsn) -> (route, close)``
+lives in the submission's sandbox; the solution notebook's (the reference) and the starter's (the
+original) live in the reference sandbox. Each is opened and called through the drivers of
+:mod:`perflab.topics.t11_scaling.drivers`, which build the DSNs on the sandbox's side (its own database
+role, on its own clone, on the primary and on the streaming replica) and keep each session's dict there.
+The grader drives the workload call by call: 8 users, interleaved, each writing its own display name on
+the primary and reading it back, at once and then a few times ``THINK_MS`` apart, through ``route``.
 
-* **No stale reads**: a read that returns any other name than the session's last write is counted here.
+* **No stale reads**: every read's rows come back to the grader, which compares them with the session's
+  last write (counted here, never by the sandbox).
 * **Replica share**: the reads each server served, counted by the servers themselves (scans of the
-  ``profiles`` table in ``pg_stat_user_tables`` on each node, after the router's connections are closed so
-  every backend has flushed its statistics); reads that reached neither server are reported too.
-* **Latency overhead**: one session's write-then-read cycle timed against the reference router, interleaved
-  in the same run, with the reference timed twice as a noise gate (``contracts.measure_gated``); it fails only
-  when even the low end of the ratio's interval is over ``OVERHEAD_LIMIT``.
+  ``profiles`` table in ``pg_stat_user_tables`` on each node, read with the grader's admin connections after
+  the router's connections are ended so every backend has flushed its statistics); reads that reached
+  neither server, or ran on both, are reported too.
+* **Latency overhead**: one session's write-then-read cycle (one driver call, timed here around the round
+  trip) against the reference router, interleaved in the same run, with the reference timed twice as a
+  noise gate (``contracts.measure_gated``); the servers must have seen every statement of the timed cycles;
+  it fails only when even the low end of the ratio's interval is over ``OVERHEAD_LIMIT``.
 
-The grader's writes commit with ``synchronous_commit = on`` (options in the primary DSN it hands over), as a
-production primary does, so the replica's lag is the replication itself, not the course server's 200 ms
-WAL-writer batching.
+The routers' writes commit with ``synchronous_commit = on`` (options in the primary DSN the driver hands
+over), as a production primary does, so the replica's lag is the replication itself, not the course
+server's 200 ms WAL-writer batching.
 """
 from __future__ import annotations
 
+import random
 import secrets
-import threading
 import time
 from urllib.parse import urlsplit
 
-import psycopg
-
 from perflab import harness, stack
 from perflab.grading.contracts import WrongAnswer, measure_gated
-from perflab.grading.grader import CheckResult, Check, Exercise, LabSpec, SubmissionError, call_submitted
+from perflab.grading.grader import CheckResult, Check, Exercise, LabSpec, SubmissionError
 from perflab.topics.t11_scaling import rig
 
 USERS = 64
@@ -42,11 +46,10 @@ OVERHEAD_LIMIT = 2.0         # the submission's write-then-read cycle, at most t
 # shared grading preset's ~10 ms, so the medians settle.
 CYCLE_PRESET = harness.Preset("grading, lab 11", min_rounds=12, max_rounds=30, target_sample_seconds=0.05,
                               budget_seconds=8.0, description="lab 11's write-then-read cycle")
+MAX_STATEMENTS_PER_READ = 1.1  # scans of profiles per read on both servers together: a read runs once
 CALL_TIMEOUT = 10.0
 RUN_TIMEOUT = 60.0
-
-NAMESPACE = {"psycopg": psycopg, "time": time, "threading": threading,
-             "UPDATE_NAME_SQL": rig.UPDATE_NAME_SQL, "READ_NAME_SQL": rig.READ_NAME_SQL}
+DRIVERS = "perflab.topics.t11_scaling.drivers"
 
 ROUTER_HINT = ("after a write, remember the WAL position it ended at (`SELECT pg_current_wal_insert_lsn()` on the "
                "same connection, after the commit) in the session; for a read, ask the replica whether it has "
@@ -54,110 +57,73 @@ ROUTER_HINT = ("after a write, remember the WAL position it ended at (`SELECT pg
 
 
 # ------------------------------------------------------------------------------------------------
-# The reference answer and the wrong routers the tests use
+# Plumbing: the nodes, the routers in their sandboxes, server-side counts
 # ------------------------------------------------------------------------------------------------
 
-def _pools(primary_dsn, replica_dsn):
-    from psycopg_pool import ConnectionPool
-
-    kwargs = {"autocommit": True}
-    primary = ConnectionPool(primary_dsn, min_size=1, max_size=SESSIONS, kwargs=kwargs, open=True)
-    replica = ConnectionPool(replica_dsn, min_size=1, max_size=SESSIONS, kwargs=kwargs, open=True)
-    return primary, replica
+def _db(ctx, side: str) -> tuple[str, str]:
+    """(role DSN, admin DSN) of the clone a side's sandbox works on ("original" shares the reference's)."""
+    if side == "submission":
+        return ctx.dsn, ctx.admin_dsn
+    return ctx.reference_dsn, ctx.reference_admin_dsn
 
 
-def _run(pool, sql, params):
-    with pool.connection() as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if cur.description else None
-
-
-def reference_router(primary_dsn, replica_dsn):
-    """Reads go to the replica once it has replayed the session's last write; until then, to the primary."""
-    primary, replica = _pools(primary_dsn, replica_dsn)
-
-    def route(session, sql, params=(), write=False):
-        if write:
-            with primary.connection() as conn:
-                cur = conn.execute(sql, params)
-                rows = cur.fetchall() if cur.description else None
-                session["lsn"] = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
-            return rows
-        lsn = session.get("lsn")
-        if lsn is not None:
-            with replica.connection() as conn:
-                caught_up = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]
-            if not caught_up:
-                return _run(primary, sql, params)
-            session.pop("lsn")  # replayed once, replayed for good: no need to ask again
-        return _run(replica, sql, params)
-
-    def close():
-        primary.close()
-        replica.close()
-
-    return route, close
-
-
-def naive_router(primary_dsn, replica_dsn):
-    """The starter: writes to the primary, every read to the replica."""
-    primary, replica = _pools(primary_dsn, replica_dsn)
-
-    def route(session, sql, params=(), write=False):
-        return _run(primary if write else replica, sql, params)
-
-    return route, lambda: (primary.close(), replica.close())
-
-
-# ------------------------------------------------------------------------------------------------
-# Plumbing: the nodes, the one place learner code is called, server-side counts
-# ------------------------------------------------------------------------------------------------
-
-def _nodes(ctx) -> dict:
-    if "nodes" not in ctx.scratch:
+def _nodes(ctx, side: str = "submission") -> dict:
+    """The side's clone on both servers: the profiles table made (as its role) and replayed on the replica."""
+    key = "submission" if side == "submission" else "reference"
+    nodes = ctx.scratch.setdefault("nodes", {})
+    if key not in nodes:
         replica = stack.ensure_replica()
-        rig.setup_profiles(ctx.dsn, USERS)
+        dsn, admin = _db(ctx, side)
+        rig.setup_profiles(dsn, USERS)  # as the sandbox's role: its own tables, on its own clone
         replica.catch_up()
-        ctx.scratch["nodes"] = {
-            "primary": stack.with_params(ctx.dsn, options="-c synchronous_commit=on"),
-            "replica": replica.for_dsn(ctx.dsn), "replica_admin": replica.url, "admin": ctx.dsn,
-        }
-    return ctx.scratch["nodes"]
+        nodes[key] = {"dsn": dsn, "admin": admin, "replica_admin": replica.url,
+                      "replica_stats": replica.for_dsn(admin), "replica_port": replica.port}
+    return nodes[key]
 
 
-def _call(fn, *args, **kwargs):
-    """Every call into the learner's code goes through here (and so through ``call_submitted``)."""
-    return call_submitted(fn, *args, timeout=CALL_TIMEOUT, **kwargs)
+def _remote(ctx, side: str, driver: str):
+    answer = {"submission": ctx.function, "reference": ctx.reference_function,
+              "original": ctx.original_function}[side]("open_router")
+    return answer.via(f"{DRIVERS}:{driver}", timeout=CALL_TIMEOUT)
 
 
-class _Submitted:
-    """The learner's router, opened from its recorded source; each call a time-limited ``_call``."""
+class _Router:
+    """A side's ``open_router`` opened in its sandbox; every call a time-limited driver call (JSON only)."""
 
-    def __init__(self, ctx, nodes):
-        open_router = ctx.function("open_router", NAMESPACE)
-        opened = _call(open_router, nodes["primary"], nodes["replica"])
-        if not (isinstance(opened, (tuple, list)) and len(opened) == 2 and all(callable(f) for f in opened)):
-            raise SubmissionError(f"open_router(primary_dsn, replica_dsn) should return (route, close), two "
-                                  f"functions; it returned {opened!r}")
-        self._route, self._close = opened
+    def __init__(self, ctx, side: str, nodes: dict):
+        self.side = side
+        self._route, self._cycle, self._close = (_remote(ctx, side, name) for name in ("route", "cycle", "close_router"))
+        _remote(ctx, side, "open_router")(nodes["replica_port"])
+        self.open = True
 
-    def route(self, session, sql, params=(), write=False):
-        return _call(self._route, session, sql, params, write=write)
+    def write(self, session: str, name: str, user_id: int) -> None:
+        self._route(session, "write", [name, user_id])
 
-    def close(self):
-        _call(self._close)
+    def read(self, session: str, user_id: int):
+        """The display name a read returned (None if it returned no row, or not rows at all)."""
+        rows = self._route(session, "read", [user_id])
+        if isinstance(rows, list) and rows and isinstance(rows[0], list) and rows[0]:
+            return rows[0][0]
+        return None
 
+    def cycle(self, user_id: int, name: str) -> None:
+        self._cycle(user_id, name, READS_PER_WRITE)
 
-class _Plain(_Submitted):
-    """The grader's own routers, called the same way (through ``_call``), so timings compare like with like."""
-
-    def __init__(self, factory, nodes):
-        self._route, self._close = factory(nodes["primary"], nodes["replica"])
+    def close(self) -> str | None:
+        """Close it; the learner's error while closing is returned (a reference's raises)."""
+        if not self.open:
+            return None
+        self.open = False
+        try:
+            self._close()
+        except SubmissionError as exc:
+            return str(exc)
+        return None
 
 
 def _end_sessions(nodes) -> None:
-    """End every backend still connected to the grading database on both nodes (a router that never
-    closes its pool included): a backend flushes its statistics when it exits."""
+    """End every backend still connected to the clone on both servers (a router that never closes its pool
+    included): a backend flushes its statistics when it exits."""
     dbname = urlsplit(nodes["admin"]).path.lstrip("/")
     for admin in (nodes["admin"], nodes["replica_admin"]):
         with stack.connect(dsn=stack.with_database(admin, "postgres")) as conn:
@@ -166,32 +132,68 @@ def _end_sessions(nodes) -> None:
 
 
 def _scans(nodes) -> tuple[int, int]:
-    """(primary, replica) scans of ``profiles``, once the counts have stopped moving."""
+    """(primary, replica) scans of ``profiles`` in the clone, counted by each server, once they stop moving."""
     last, deadline = None, time.monotonic() + 5
     while True:
-        now = (rig.server_reads(nodes["admin"]), rig.server_reads(nodes["replica"]))
+        now = (rig.server_reads(nodes["admin"]), rig.server_reads(nodes["replica_stats"]))
         if now == last or time.monotonic() > deadline:
             return now
         last = now
         time.sleep(0.15)
 
 
-def _workload(make, nodes, tag) -> dict:
-    """One run of the concurrent workload through a router; where its reads went, counted by each server."""
-    before = _scans(nodes)
-    router = make()
+def _ryw(router: _Router, tag: str) -> dict:
+    """The read-your-writes workload, driven from here: ``SESSIONS`` users interleaved, each ``ITERATIONS``
+    times writing a new display name and reading it back ``READS_PER_WRITE`` times (at once, then
+    ``THINK_MS`` apart). The grader compares every read with the session's last write."""
+    reads = stale = writes = 0
+    error = None
+    began = time.monotonic()
+    finished = 0
     try:
-        result = rig.ryw_trials(router.route, sessions=SESSIONS, trials=ITERATIONS, reads_per_write=READS_PER_WRITE,
-                                think_ms=THINK_MS, tag=tag, timeout=RUN_TIMEOUT)
+        for k in range(ITERATIONS):
+            if time.monotonic() - began > RUN_TIMEOUT:
+                break
+            names, last = {}, {}
+            for i in range(SESSIONS):
+                user_id = i + 1
+                names[i] = f"user {user_id} v{k + 1}{tag}"
+                router.write(f"s{i}", names[i], user_id)
+                writes += 1
+                got = router.read(f"s{i}", user_id)  # at once, right after its own write
+                last[i] = time.monotonic()
+                reads, stale = reads + 1, stale + (got != names[i])
+            for _ in range(1, READS_PER_WRITE):
+                for i in range(SESSIONS):
+                    wait = last[i] + THINK_MS / 1000 - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    got = router.read(f"s{i}", i + 1)
+                    last[i] = time.monotonic()
+                    reads, stale = reads + 1, stale + (got != names[i])
+            finished += 1
+    except SubmissionError as exc:
+        error = str(exc)
+    return {"reads": reads, "writes": writes, "stale reads": stale, "error": error,
+            "unfinished": ITERATIONS - finished if not error else 0, "wall s": time.monotonic() - began}
+
+
+def _workload(ctx, side: str, tag: str) -> dict:
+    """One run of the workload through a side's router; where its reads went, counted by each server."""
+    nodes = _nodes(ctx, side)
+    before = _scans(nodes)
+    router = None
+    try:
+        router = _Router(ctx, side, nodes)
+        result = _ryw(router, tag)
+    except SubmissionError as exc:  # open_router itself failed
+        result = {"reads": 0, "writes": 0, "stale reads": 0, "error": str(exc), "unfinished": 0}
     finally:
-        close_error = None
-        try:
-            router.close()
-        except SubmissionError as exc:
-            close_error = str(exc)
+        close_error = router.close() if router is not None else None
         _end_sessions(nodes)
     after = _scans(nodes)
-    result["primary reads"] = after[0] - before[0] - result["writes"]  # each UPDATE scans profiles once too
+    # Each UPDATE the grader sent scans profiles once too (the count of writes is the grader's, not the table's).
+    result["primary reads"] = after[0] - before[0] - result["writes"]
     result["replica reads"] = after[1] - before[1]
     result["close_error"] = close_error
     return result
@@ -201,13 +203,10 @@ def _run_all(ctx) -> dict:
     """The submission's workload, twice, and the reference's in between (shared by the checks)."""
     if "runs" in ctx.scratch:
         return ctx.scratch["runs"]
-    nodes = _nodes(ctx)
     runs = {"submission": [], "reference": []}
     for round_ in range(2):
-        for name in ("submission", "reference"):
-            make = (lambda: _Submitted(ctx, nodes)) if name == "submission" else (
-                lambda: _Plain(reference_router, nodes))
-            runs[name].append(_workload(make, nodes, tag=f" r{round_}{name[0]}{secrets.token_hex(2)}"))
+        for side in ("submission", "reference"):
+            runs[side].append(_workload(ctx, side, tag=f" r{round_}{side[0]}{secrets.token_hex(2)}"))
     ctx.scratch["runs"] = runs
     return runs
 
@@ -218,11 +217,10 @@ def _total(runs: list[dict], key: str) -> int:
 
 def _failed_run(runs: list[dict]) -> str | None:
     for run in runs:
-        if run["errors"]:
-            exc = run["errors"][0]
-            return f"route() raised during the workload: {exc}"
+        if run["error"]:
+            return f"the router failed during the workload: {run['error']}"
         if run["unfinished"]:
-            return f"{run['unfinished']} of {SESSIONS} sessions had not finished after {RUN_TIMEOUT:.0f} s"
+            return f"the workload had not finished after {RUN_TIMEOUT:.0f} s ({run['unfinished']} of {ITERATIONS} rounds left)"
     return None
 
 
@@ -231,23 +229,35 @@ def _failed_run(runs: list[dict]) -> str | None:
 # ------------------------------------------------------------------------------------------------
 
 def right_rows(ctx) -> CheckResult:
-    """Sequential, no concurrency: a write then a read (after the replica has caught up) gives the written row."""
+    """Sequential: a write then a read (after the replica has caught up) gives the written row; and a change
+    made by another client, once replayed, is what the next read returns (a read runs its statement)."""
     nodes = _nodes(ctx)
-    router = _Submitted(ctx, nodes)
+    replica = stack.ensure_replica()
+    router = _Router(ctx, "submission", nodes)
     try:
-        session: dict = {}
-        for k in range(3):
+        for _ in range(3):
             name = f"check {secrets.token_hex(3)}"
-            router.route(session, rig.UPDATE_NAME_SQL, (name, USERS), write=True)
-            stack.ensure_replica().catch_up(timeout=10)
-            rows = router.route(session, rig.READ_NAME_SQL, (USERS,))
-            got = rows[0][0] if rows else None
+            router.write("rows", name, USERS)
+            replica.catch_up(timeout=10)
+            got = router.read("rows", USERS)
             if got != name:
-                return CheckResult.fail(f"route(session, READ_NAME_SQL, ({USERS},)) returned {rows!r} after the "
-                                        f"name was set to {name!r} and the replica had replayed it: a read should "
+                return CheckResult.fail(f"route(session, READ_NAME_SQL, ({USERS},)) returned a display name of {got!r} "
+                                        f"after it was set to {name!r} and the replica had replayed it: a read should "
                                         "return the statement's rows (cursor.fetchall())")
+        other = f"changed elsewhere {secrets.token_hex(3)}"
+        with stack.connect(dsn=nodes["dsn"]) as conn:  # another client of the same database
+            conn.execute(rig.UPDATE_NAME_SQL, (other, USERS))
+        replica.catch_up(timeout=10)
+        got = router.read("rows", USERS)
+        if got != other:
+            return CheckResult.fail(f"after another client set user {USERS}'s name to {other!r} (replayed on the "
+                                    f"replica too), route(session, READ_NAME_SQL, ({USERS},)) still returned {got!r}: "
+                                    "a read must run its statement on a server, not answer from what the session wrote")
     finally:
-        router.close()
+        problem = router.close()
+        _end_sessions(nodes)
+    if problem:
+        return CheckResult.fail(f"close() failed: {problem}")
     return CheckResult.ok("reads return the rows the statement selects")
 
 
@@ -263,8 +273,14 @@ def no_stale_reads(ctx) -> CheckResult:
             f"(counted by the grader: {SESSIONS} users writing their name and reading it back). The replica "
             f"replays a write a little after the primary commits it; until then, {ROUTER_HINT}",
             stale=stale, reads=reads)
+    served = _total(runs, "replica reads") + _total(runs, "primary reads")
+    if served < 0.9 * reads:  # fresh because it never asked a server is not fresh
+        return CheckResult.fail(
+            f"no read returned an old name, but the servers ran only {served} of the {reads} reads: the others were "
+            "answered without asking a database. A read must run its statement on the primary or the replica",
+            reads=reads, served=served)
     return CheckResult.ok(f"0 stale reads in {reads} ({SESSIONS} users, {ITERATIONS} writes each, every write "
-                          f"read back {READS_PER_WRITE} times)", reads=reads)
+                          f"read back {READS_PER_WRITE} times), each run by a server", reads=reads)
 
 
 def replica_share(ctx) -> CheckResult:
@@ -285,6 +301,10 @@ def replica_share(ctx) -> CheckResult:
             f"the servers saw only {served} of the {reads} reads ({on_replica} on the replica, {on_primary} on the "
             "primary): the others were answered without asking a database (a cache in the router?). A read "
             "must run its statement on the primary or the replica", **details)
+    if served > MAX_STATEMENTS_PER_READ * reads:
+        return CheckResult.fail(
+            f"the servers ran the read statement {served} times for {reads} reads ({on_replica} on the replica, "
+            f"{on_primary} on the primary): a read should run once, on one server, not on both", **details)
     if share >= REPLICA_SHARE_MIN:
         return CheckResult.ok(f"{share:.0%} of reads served by the replica ({on_replica} of {reads}, counted by "
                               f"the servers; the reference: {ref_share:.0%})", **details)
@@ -301,33 +321,42 @@ def replica_share(ctx) -> CheckResult:
 
 
 def bounded_overhead(ctx) -> CheckResult:
-    """One session's write-then-read cycle: reference (twice), submission, and the naive router, interleaved."""
-    nodes = _nodes(ctx)
-    routers = {"original": _Plain(naive_router, nodes), "reference": _Plain(reference_router, nodes)}
+    """One session's write-then-read cycle: the starter, the reference (twice) and the submission, interleaved,
+    each a driver call in its own sandbox, timed here around the call."""
+    nodes = {"submission": _nodes(ctx, "submission"), "reference": _nodes(ctx, "reference")}
+    routers: dict = {}
+    calls = {"submission": 0}
+    rng = random.Random()
     try:
-        routers["submission"] = _Submitted(ctx, nodes)
-        user_id = USERS - 1
+        for side in ("original", "reference", "submission"):
+            routers[side] = _Router(ctx, side, nodes["submission" if side == "submission" else "reference"])
+        routers["submission"].read("warm", USERS)  # fails here, not inside the timing
+        before = _scans(nodes["submission"])
 
-        def cycle(router):
-            session = {}
-            router.route(session, rig.UPDATE_NAME_SQL, (f"cycle {secrets.token_hex(2)}", user_id), write=True)
-            for _ in range(READS_PER_WRITE):
-                router.route(session, rig.READ_NAME_SQL, (user_id,))
+        def cycle(side):
+            if side == "submission":
+                calls["submission"] += 1
+            # A fresh name and user each time: nothing to answer from a cache.
+            routers[side].cycle(rng.randrange(1, USERS + 1), f"cycle {secrets.token_hex(4)}")
             return None  # what the reads return is judged by the stale-read check, not here
 
-        routers["submission"].route({}, rig.READ_NAME_SQL, (user_id,))  # fails here, not inside the timing
         try:
-            result = measure_gated(*(lambda r=routers[name]: cycle(r) for name in ("original", "reference", "submission")),
+            result = measure_gated(*(lambda s=side: cycle(s) for side in ("original", "reference", "submission")),
                                    preset=CYCLE_PRESET)
         except WrongAnswer as exc:  # cannot happen (every cycle returns None); kept for the contract's shape
             return CheckResult.fail(str(exc))
     finally:
         for router in routers.values():
-            try:
-                router.close()
-            except SubmissionError:
-                pass
-        _end_sessions(nodes)
+            router.close()
+        for side_nodes in nodes.values():
+            _end_sessions(side_nodes)
+    after = _scans(nodes["submission"])
+    seen, expected = sum(after) - sum(before), calls["submission"] * (1 + READS_PER_WRITE)
+    if seen < expected:
+        return CheckResult.fail(
+            f"in the {calls['submission']} timed cycles (a write and {READS_PER_WRITE} reads each) the servers ran "
+            f"only {seen} of the {expected} statements on profiles: a cycle that skips the database is not faster, "
+            "it is not done", seen=seen, expected=expected)
     overhead = result.ratio("submission", "reference")
     ms = {name: result.median_seconds(name) * 1000 for name in ("reference", "submission")}
     details = {"overhead": str(overhead), "reference_ms": round(ms["reference"], 3),
@@ -354,6 +383,7 @@ LAB = LabSpec(
     solution="11_scaling_out.ipynb",
     cell_timeout=120,
     total_timeout=600,
+    namespace="perflab.topics.t11_scaling.rig:NAMESPACE",
     exercises=[
         Exercise("router", "Read from the replica, but never your own past", None, ["open_router"], [
             Check("reads return the selected rows", right_rows, 1),

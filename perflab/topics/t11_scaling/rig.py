@@ -56,6 +56,18 @@ LSN_AFTER_WRITE_SQL = "SELECT pg_current_wal_insert_lsn()::text"
 REPLAYED_SQL = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"
 
 
+def _namespace() -> dict:
+    import psycopg
+
+    return {"psycopg": psycopg, "time": time, "threading": threading,
+            "UPDATE_NAME_SQL": UPDATE_NAME_SQL, "READ_NAME_SQL": READ_NAME_SQL}
+
+
+# What lab 11's open_router may use without importing it (the lab says so): the grader re-creates the
+# learner's function in its sandbox in a scope pre-filled with this (LabSpec(namespace=...)).
+NAMESPACE = _namespace()
+
+
 def setup_profiles(dsn: str, users: int) -> None:
     """(Re)create the lesson's own tables in a notebook's or the grader's copy: ``users`` profiles, version 0."""
     with stack.connect(dsn=dsn) as conn:
