@@ -112,6 +112,26 @@ MEMORY_IN_A_CHILD = '''def basket_report(conn, limit=4000):
     return subprocess.run([sys.executable, "-c", child, str(limit)], capture_output=True, text=True,
                           check=True).stdout
 '''
+# Loads every row when the function is defined (a default argument), then only the newer orders per call:
+# the call itself needs little memory, but the process held it all before: the grader counts that too.
+PREFETCH_AT_LOAD = '''
+def basket_report(conn, limit=4000, _rows=__import__("psycopg").connect(__import__("os").environ["DATABASE_URL"], autocommit=True).execute("SELECT * FROM orders ORDER BY id DESC LIMIT 5000").fetchall()):
+    newer = conn.execute("SELECT * FROM orders WHERE id > %s ORDER BY id DESC", (_rows[0][0],)).fetchall()
+    orders = (newer + _rows)[:limit]
+    keys = {r[0] for r in conn.execute("SELECT id FROM customers WHERE tier = 'enterprise' ORDER BY id LIMIT 200")}
+    wanted = [o[0] for o in orders if o[1] in keys]
+    sums = {r[0]: r[1:] for r in conn.execute(
+        "SELECT order_id, count(*), sum(quantity * unit_price) FROM order_items WHERE order_id = ANY(%s) GROUP BY order_id", (wanted,))}
+    lines, total_items, total_value = [], 0, 0
+    for o in orders:
+        if o[1] in keys:
+            items, value = sums.get(o[0], (0, 0))
+            lines.append(format_line(o[0], o[3], items, value))
+            total_items += items
+            total_value += value
+    lines.append(f"{'total':>9}  {'':10}  {total_items:>3} items  {total_value:>10}\\n")
+    return "".join(lines)
+'''
 
 
 def test_the_untouched_starter_scores_zero(tiny_data):
@@ -149,3 +169,8 @@ def test_a_report_cached_across_calls_is_not_judged_fast(tiny_data, tmp_path):
 def test_memory_moved_to_a_child_process_fails(tiny_data, tmp_path):
     report = grader.grade(submission("10", tmp_path, {"def basket_report": MEMORY_IN_A_CHILD}))
     expect(report, {SAME: passes(), MEMORY: fails("another process")})
+
+
+def test_memory_held_from_a_default_argument_counts(tiny_data, tmp_path):
+    report = grader.grade(submission("10", tmp_path, {"def basket_report": PREFETCH_AT_LOAD}))
+    expect(report, {SAME: passes(), MEMORY: fails("stream")})

@@ -58,6 +58,8 @@ CONNECT = f"{DRIVERS}:connect"
 PROFILE = f"{DRIVERS}:profile"
 PEAK = f"{DRIVERS}:peak"
 SOURCES = 256
+# Two freshly started sandbox processes differ by up to this much resident memory before any call.
+READY_SLACK = 128 * 1024
 
 # One statement, run by the grader as the clone's own role: a copy of order %(src)s (a key account's:
 # its customer, its items) becomes the newest order, with the next ids. Returns the new order's id.
@@ -311,51 +313,62 @@ def _children_ticks(pid: int) -> int:
     return int(fields[13]) + int(fields[14])
 
 
-def _resident_growth(ctx, side: str) -> int:
-    """Bytes the resident memory of a freshly started sandbox process grew by during one report.
+def _resident(ctx, side: str) -> tuple[int, int]:
+    """``(resident bytes once ready, growth during one report)`` of a freshly started sandbox process.
 
-    The grader reads it from ``/proc``: the process's high-water mark (reset just before the call via
-    ``clear_refs``) above its resident size then. The process must do the work itself: no other process
-    in its sandbox and no child's CPU time during the call."""
+    The grader reads both from ``/proc``: the resident size after the process started and opened its
+    connection (the answers are loaded by then: whatever they did on loading is in it), and the high-water
+    mark during one report (reset just before the call via ``clear_refs``) above the resident size then.
+    No answer runs before the measured call, which sees a fresh order (so nothing kept from elsewhere
+    serves it), and the process must do the work itself: no other process in its sandbox and no
+    child's CPU time during the call."""
     box = ctx.sandbox("submission" if side == "submission" else "reference")
     box.close()                                    # the next call starts a fresh process
     _remote(ctx, side, CONNECT)()
-    _remote(ctx, side, REPORT)(1)                  # the report's code paths and type loaders, not its data
     pid = box.proc.pid
+    ready = _status_kb(pid)["VmRSS"]
+    new_id = _feeder(ctx).add("submission" if side == "submission" else "reference")
     ticks = _children_ticks(pid)
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")                               # reset the peak resident size (VmHWM) to the current one
     before = _status_kb(pid)["VmRSS"]
-    _remote(ctx, side, REPORT)(LIMIT)
+    text = _remote(ctx, side, REPORT)(LIMIT)
     after = _status_kb(pid)["VmHWM"]
-    others = [p for p in box.box.alive() if p != pid]
-    if side == "submission" and (others or _children_ticks(pid) != ticks):
-        raise SubmissionError(f"{NAME} started another process to do its work; the report's memory is measured in "
-                              "the process that runs it, so do the work there")
-    return max(0, after - before) * 1024
+    if side == "submission":
+        if [p for p in box.box.alive() if p != pid] or _children_ticks(pid) != ticks:
+            raise SubmissionError(f"{NAME} started another process to do its work; the report's memory is measured "
+                                  "in the process that runs it, so do the work there")
+        if not _starts_with(text, new_id):
+            raise SubmissionError(f"the report whose memory was measured does not start with order {new_id}, which "
+                                  "the grader added just before the call: it was not computed during the call")
+    return ready * 1024, max(0, after - before) * 1024
 
 
 def less_memory(ctx) -> CheckResult:
-    # From outside: each report in a fresh process, its resident memory read by the grader.
+    # From outside: each report in a fresh process, its resident memory read by the grader. Memory the
+    # submission's process holds beyond the reference sandbox's once both are ready (loaded on the side,
+    # before the call) counts as the report's too.
     try:
-        original_rss = _resident_growth(ctx, "original")
-        submitted_rss = _resident_growth(ctx, "submission")
+        original_ready, original_rss = _resident(ctx, "original")
+        submitted_ready, submitted_rss = _resident(ctx, "submission")
     except OSError as exc:  # no /proc (not Linux): the inside measurement alone cannot be trusted
         raise Inconclusive(f"the grader cannot read the sandbox's memory on this machine ({exc})") from None
+    held = max(0, submitted_ready - original_ready - READY_SLACK)
     # From inside (tracemalloc, finer): reported by the process that ran the code, so never enough alone.
     original = int(_remote(ctx, "original", PEAK)(LIMIT))
     submitted = int(_remote(ctx, "submission", PEAK)(LIMIT))
     share = submitted / max(original, 1)
-    rss_share = submitted_rss / max(original_rss, 1)
+    rss_share = (submitted_rss + held) / max(original_rss, 1)
     text = (f"peak {memory.format_bytes(submitted)} during one report, {share:.0%} of the original's "
             f"{memory.format_bytes(original)} (tracemalloc); resident memory grew by "
-            f"{memory.format_bytes(submitted_rss)}, {rss_share:.0%} of the original's "
+            f"{memory.format_bytes(submitted_rss + held)}, {rss_share:.0%} of the original's "
             f"{memory.format_bytes(original_rss)} (measured by the grader)")
+    details = {"share": share, "rss_share": rss_share, "ready": [original_ready, submitted_ready]}
     if share <= MAX_MEMORY_SHARE and rss_share <= MAX_MEMORY_SHARE:
-        return CheckResult.ok(text, share=share, rss_share=rss_share)
+        return CheckResult.ok(text, **details)
     return CheckResult.fail(f"{text}; at most {MAX_MEMORY_SHARE:.0%} is expected. Do not load every column of every "
                             "order into a list: select only the columns the report prints and stream the rows "
-                            "(a server-side cursor: conn.cursor(name=...))", share=share, rss_share=rss_share)
+                            "(a server-side cursor: conn.cursor(name=...))", **details)
 
 
 LAB = LabSpec(
