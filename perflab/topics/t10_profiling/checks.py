@@ -350,9 +350,13 @@ def less_memory(ctx) -> CheckResult:
     # before the call) counts as the report's too.
     try:
         original_ready, original_rss = _resident(ctx, "original")
-        submitted_ready, submitted_rss = _resident(ctx, "submission")
     except OSError as exc:  # no /proc (not Linux): the inside measurement alone cannot be trusted
         raise Inconclusive(f"the grader cannot read the sandbox's memory on this machine ({exc})") from None
+    try:
+        submitted_ready, submitted_rss = _resident(ctx, "submission")
+    except (FileNotFoundError, ProcessLookupError):
+        raise SubmissionError("the process running your code ended while its memory was measured (os._exit, "
+                              "a crash, or a memory limit?)") from None
     held = max(0, submitted_ready - original_ready - READY_SLACK)
     # From inside (tracemalloc, finer): reported by the process that ran the code, so never enough alone.
     original = int(_remote(ctx, "original", PEAK)(LIMIT))
