@@ -39,12 +39,42 @@ FAST_BUT_WRONG = '''def recent_orders_page(session, n):
 '''
 
 
+# The starter touched but not fixed (a list() instead of .all()): still one lazy load per order and item.
+TOUCHED_STARTER = '''def recent_orders_page(session, n):
+    orders = list(session.scalars(
+        select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(n)))
+''' + PAGE
+
+# Caches the page across calls (a default argument survives between calls in one process): the grader
+# adds a new newest order before every call, so a kept page is stale.
+CACHED = '''def recent_orders_page(session, n, _kept={}):
+    if n not in _kept:
+        orders = session.scalars(
+            select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(n)
+            .options(joinedload(Order.customer), selectinload(Order.items).joinedload(OrderItem.product))
+        ).all()
+        _kept[n] = [{"order": o.id, "placed": o.created_at.isoformat(), "customer": o.customer.name,
+                     "tier": o.customer.tier, "total": str(o.total),
+                     "items": [(i.product.name, i.quantity, str(i.unit_price)) for i in o.items]}
+                    for o in orders]
+    session.execute(text("SELECT 1"))
+    return _kept[n]
+'''
+
+
 def _grade(tmp_path, source: str):
     return grader.grade(submission("02", tmp_path, {"def recent_orders_page": source}))
 
 
-def test_the_starter_names_each_lazy_load(tiny_data):
-    expect(graded("02", "starter"), {
+def test_the_untouched_starter_scores_zero(tiny_data):
+    report = graded("02", "starter")
+    expect(report, {SAME: fails("still the starter code"), BOUNDED: fails("still the starter code"),
+                    FASTER: fails("still the starter code")})
+    assert report.score == 0, report.text()
+
+
+def test_an_unfixed_attempt_names_each_lazy_load(tiny_data, tmp_path):
+    expect(_grade(tmp_path, TOUCHED_STARTER), {
         SAME: passes(), FASTER: SLOW,
         BOUNDED: fails("statements for 20 orders", *(f"{attribute} is lazy-loaded inside the loop"
                                                      for attribute in ("`order.customer`", "`order.items`", "`item.product`"))),
@@ -59,3 +89,10 @@ def test_right_but_slow_fails_the_statement_bound(tiny_data, tmp_path):
 
 def test_fast_but_wrong_fails_correctness(tiny_data, tmp_path):
     expect(_grade(tmp_path, FAST_BUT_WRONG), {SAME: fails("limits *rows*"), BOUNDED: passes(), FASTER: fails()})
+
+
+def test_a_page_cached_across_calls_is_not_judged_fast(tiny_data, tmp_path):
+    """The first call per size fetches; later calls return the kept page after a `SELECT 1`. The grader's
+    fresh order before each call makes every kept page stale: no check passes on it."""
+    found = expect(_grade(tmp_path, CACHED), {SAME: passes(), BOUNDED: passes(), FASTER: fails("not judged")})
+    assert "without the order the grader had just added" in found[FASTER].message

@@ -6,61 +6,182 @@ products. Correctness: the same page as the original at two sizes. Performance c
 any machine: statements counted server-side are at most ``STATEMENT_BOUND`` and the same at both
 sizes (independent of N); and the speed-up over the original, measured in this run against the
 reference answer's own speed-up.
+
+Nothing the learner wrote runs here. The endpoint runs in the submission's sandbox, called through
+``drivers.page`` (a fresh Session on the sandbox's own role and clone); the reference and the original
+come from the solution notebook and run the same way in the reference sandbox, on a clone of its own.
+What is judged is measured from outside the sandbox:
+
+- **statements** are counted by the server for the submission's database *role* (every connection it
+  opens, tagged or not), in a window the grader opens and closes around the call;
+- **times** are taken by the grader around each remote call;
+- **fresh data**: before every call the grader itself (logged in as that side's role, never as a
+  superuser on a clone the learner owns) adds a new newest order, a copy of a randomly chosen one,
+  to the clone the call reads, and the page must start with it. A page cached across calls, or read
+  anywhere but the database during this call, is therefore wrong, and a check never passes on a page
+  that was not fetched.
 """
 from __future__ import annotations
 
-import re
+import random
 
-from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session, contains_eager, joinedload, raiseload, selectinload
+import psycopg
 
-from perflab import harness, models
-from perflab.grading.grader import Check, CheckResult, Exercise, LabSpec, call_submitted
-from perflab.grading.contracts import WrongAnswer, measure_gated, speedup_verdict
-from perflab.models import Customer, Order, OrderItem, Product
-from perflab.topics.t02_n_plus_one.rig import NAMESPACE, STATEMENT_BOUND, _page, diagnose, original  # noqa: F401
+from perflab import harness, probes
+from perflab.grading.contracts import measure_gated, speedup_verdict
+from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError
+from perflab.topics.t02_n_plus_one.rig import STATEMENT_BOUND, diagnose
 
 NAME = "recent_orders_page"
 SIZES = (20, 200)          # two page sizes: an N+1 grows between them, a fix does not
 SPEED_SIZE = 30            # the original takes ~30-100 ms here: enough rounds fit in a few seconds
 CALL_TIMEOUT = 60.0
+DRIVERS = "perflab.topics.t02_n_plus_one.drivers"
+PAGE = f"{DRIVERS}:page"
+CONNECT = f"{DRIVERS}:connect"
 # The reference answer's call is short (~5-20 ms) next to the original's: samples of >= 20 ms (a few
 # calls each) keep its CI against itself inside the noise gate more often on a busy machine; ~3 s.
 SPEED_PRESET = harness.Preset("grading-n+1", min_rounds=12, max_rounds=20, target_sample_seconds=0.02,
                               budget_seconds=3.0, description="lab 02 speed check: ~3 s")
+SOURCES = 256              # random existing orders the fresh orders are copied from (one list per run)
 
-def reference(session, n):
-    orders = session.scalars(
-        select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(n)
-        .options(joinedload(Order.customer), selectinload(Order.items).joinedload(OrderItem.product))).all()
-    return _page(orders)
+# One statement, run by the grader as the clone's own role: a copy of order %(src)s (its customer, its
+# items) becomes the newest order, with the next ids. Returns the new order's id.
+ADD_ORDER = """
+WITH src AS (SELECT * FROM orders WHERE id = %(src)s),
+top AS (SELECT max(id) AS id, max(created_at) AS created_at FROM orders),
+new_order AS (
+    INSERT INTO orders (id, customer_id, status, created_at, total, shipping_address, notes)
+    SELECT top.id + 1, src.customer_id, src.status, top.created_at + interval '1 second', src.total,
+           src.shipping_address, src.notes
+    FROM src, top
+    RETURNING id),
+new_items AS (
+    INSERT INTO order_items (id, order_id, product_id, quantity, unit_price)
+    SELECT (SELECT coalesce(max(id), 0) FROM order_items) + row_number() OVER (ORDER BY i.id), new_order.id,
+           i.product_id, i.quantity, i.unit_price
+    FROM order_items AS i, new_order
+    WHERE i.order_id = %(src)s)
+SELECT id FROM new_order
+"""
 
 
-def _function(ctx):
-    return ctx.function(NAME, NAMESPACE)
+# ------------------------------------------------------------------------------------------------
+# Fresh data, added by the grader
+# ------------------------------------------------------------------------------------------------
 
+class _Feeder:
+    """Adds a new newest order to a side's clone before a call, logged in as that side's own role.
 
-def _pages(ctx) -> dict:
-    """The submission's and the original's pages at both sizes, each in a fresh session (cached)."""
-    if "pages" not in ctx.scratch:
-        fn = _function(ctx)
-        engine = models.engine(ctx.dsn)
-        pages = {}
+    The k-th order added to either clone is a copy of the same randomly chosen order, so the two clones
+    stay alike (the submission's page after k additions is comparable with the original's)."""
+
+    def __init__(self, ctx) -> None:
+        self.conns: dict[str, psycopg.Connection] = {}
+        self.added = {"submission": 0, "reference": 0}
+        for side, dsn in (("reference", ctx.reference_dsn), ("submission", ctx.dsn)):
+            conn = psycopg.connect(dsn, autocommit=True)
+            ctx._resources.callback(conn.close)
+            conn.execute("SET synchronous_commit = off")   # a throwaway clone: no fsync in the timed path
+            conn.execute("SET lock_timeout = '5s'")
+            conn.execute("SET statement_timeout = '20s'")
+            self.conns[side] = conn
+        # This connection's server session id (as in the server log), left out of the learner's count.
+        self.session = self.conns["submission"].execute(
+            "SELECT to_hex(trunc(extract(epoch FROM backend_start))::bigint) || '.' || to_hex(pid) "
+            "FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()[0]
+        top = self.conns["reference"].execute("SELECT max(id) FROM orders").fetchone()[0]
+        picks = [random.SystemRandom().randint(1, top) for _ in range(SOURCES)]
+        self.sources = [row[0] for row in self.conns["reference"].execute(
+            "SELECT (SELECT o.id FROM orders AS o WHERE o.id >= r ORDER BY o.id LIMIT 1) "
+            "FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(r, k) ORDER BY k", (picks,)) if row[0] is not None]
+
+    def add(self, side: str) -> int:
+        """Add the next order to ``side``'s clone ("submission" or "reference"); returns its id."""
+        source = self.sources[self.added[side] % len(self.sources)]
         try:
+            row = self.conns[side].execute(ADD_ORDER, {"src": source}).fetchone()
+        except psycopg.Error as exc:
+            if side != "submission":
+                raise
+            raise SubmissionError(
+                f"the grader could not add an order to your copy of the data before calling {NAME} "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                "does your code change the tables or leave a transaction holding a lock?") from None
+        self.added[side] += 1
+        if row is None:
+            raise SubmissionError(f"the grader could not add an order to your copy of the data before calling "
+                                  f"{NAME}: the orders table no longer has order {source}")
+        return row[0]
+
+    def add_both(self) -> int:
+        new_id = self.add("submission")
+        self.add("reference")
+        return new_id
+
+
+def _feeder(ctx) -> _Feeder:
+    if "feeder" not in ctx.scratch:
+        ctx.scratch["feeder"] = _Feeder(ctx)
+    return ctx.scratch["feeder"]
+
+
+class _Counted:
+    """The statements the server saw from the submission's role in one window (the grader's own left out)."""
+
+    def __init__(self, probe: probes.StatementProbe, exclude_sessions: set[str]) -> None:
+        self.statements = [s for s in probe.statements if s.session not in exclude_sessions]
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    @property
+    def shapes(self):
+        from collections import Counter
+
+        return Counter(s.shape for s in self.statements)
+
+    def table(self) -> str:
+        return "\n".join(f"{times:>5} x {shape[:160]}" for shape, times in self.shapes.most_common())
+
+
+def _starts_with(page, order_id: int) -> bool:
+    return isinstance(page, list) and bool(page) and isinstance(page[0], dict) and page[0].get("order") == order_id
+
+
+# ------------------------------------------------------------------------------------------------
+# The pages at both sizes, each call counted by the server
+# ------------------------------------------------------------------------------------------------
+
+def _observed(ctx) -> dict:
+    """``{n: (submitted page, original's page, counted statements, the order added just before)}``."""
+    if "observed" not in ctx.scratch:
+        try:
+            submission = ctx.function(NAME).via(PAGE, timeout=CALL_TIMEOUT)
+            original = ctx.original_function(NAME).via(PAGE, timeout=CALL_TIMEOUT)
+            feeder = _feeder(ctx)
+            # The Engine's first connection and SQLAlchemy's start-up queries happen before any count;
+            # the window waits until the server's log shows them, so none is counted below.
+            with probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn):
+                ctx.function(NAME).via(CONNECT, timeout=CALL_TIMEOUT)()
+            observed = {}
             for n in SIZES:
-                with Session(engine) as session:
-                    submitted = call_submitted(fn, session, n, timeout=CALL_TIMEOUT)
-                with Session(engine) as session:
-                    expected = original(session, n)
-                pages[n] = (submitted, expected)
-        finally:
-            engine.dispose()
-        ctx.scratch["pages"] = pages
-    return ctx.scratch["pages"]
+                new_id = feeder.add_both()
+                with probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn) as probe:
+                    submitted = submission(n)
+                expected = original(n)
+                observed[n] = (submitted, expected, _Counted(probe, {feeder.session}), new_id)
+            ctx.scratch["observed"] = observed
+        except SubmissionError as exc:
+            ctx.scratch["observed"] = exc
+    if isinstance(ctx.scratch["observed"], SubmissionError):
+        raise SubmissionError(str(ctx.scratch["observed"]))
+    return ctx.scratch["observed"]
 
 
 def same_page(ctx) -> CheckResult:
-    for n, (submitted, expected) in _pages(ctx).items():
+    for n, (submitted, expected, _, _) in _observed(ctx).items():
         if submitted == expected:
             continue
         if not isinstance(submitted, list):
@@ -79,26 +200,21 @@ def same_page(ctx) -> CheckResult:
     return CheckResult.ok(f"the same page as the original for n = {' and '.join(map(str, SIZES))}")
 
 
-def _counts(ctx) -> dict:
-    if "counts" not in ctx.scratch:
-        fn = _function(ctx)
-        counts = {}
-        for n in SIZES:
-            with models.counted_session(ctx.dsn) as counted:
-                call_submitted(fn, counted.session, n, timeout=CALL_TIMEOUT)
-            counts[n] = counted
-        ctx.scratch["counts"] = counts
-    return ctx.scratch["counts"]
-
-
 def bounded_statements(ctx) -> CheckResult:
-    counts = _counts(ctx)
+    observed = _observed(ctx)
+    counts = {n: counted for n, (_, _, counted, _) in observed.items()}
+    for n, (submitted, _, counted, new_id) in observed.items():
+        if counted.count == 0 or not _starts_with(submitted, new_id):
+            return CheckResult.fail(
+                f"for n={n} the server saw {counted.count} statement(s) from your code and the page it returned "
+                f"does not start with order {new_id}, which the grader added just before the call: the page was "
+                "not read from the database during the call (a cached or made-up page is not judged)")
     small, large = (counts[n] for n in SIZES)
     summary = ", ".join(f"{counts[n].count} for n={n}" for n in SIZES)
     if large.count > STATEMENT_BOUND or small.count > STATEMENT_BOUND:
         n = SIZES[0] if small.count > STATEMENT_BOUND else SIZES[1]
         return CheckResult.fail(f"{diagnose(counts[n], n)} (at most {STATEMENT_BOUND} are expected at any n)",
-                                statements=counts[n].shapes_table().to_string())
+                                statements=counts[n].table())
     if large.count != small.count:
         return CheckResult.fail(
             f"the statement count grows with the page ({summary}): something is still loaded per order "
@@ -107,27 +223,51 @@ def bounded_statements(ctx) -> CheckResult:
                           f"the original: one per order and more)")
 
 
-def faster_than_original(ctx) -> CheckResult:
-    fn = _function(ctx)
-    engine = models.engine(ctx.dsn)
+# ------------------------------------------------------------------------------------------------
+# Speed: original, reference and submission through the same path, fresh data before every call
+# ------------------------------------------------------------------------------------------------
 
-    def endpoint(page_fn):
+def faster_than_original(ctx) -> CheckResult:
+    submission = ctx.function(NAME).via(PAGE, timeout=CALL_TIMEOUT)
+    original = ctx.original_function(NAME).via(PAGE, timeout=CALL_TIMEOUT)
+    reference = ctx.reference_function(NAME).via(PAGE, timeout=CALL_TIMEOUT)
+    feeder = _feeder(ctx)
+    # Same number of orders added to both clones so far: each variant's first page is comparable.
+    alike = feeder.added["submission"] == feeder.added["reference"]
+    pages: dict[str, list] = {"original": [], "submission": []}
+
+    def timed(remote, side: str, kept: list | None = None):
         def call():
-            with Session(engine) as session:
-                return page_fn(session, SPEED_SIZE)
+            new_id = feeder.add(side)          # the grader's own statement, on that side's clone
+            page = remote(SPEED_SIZE)
+            if kept is not None:
+                kept.append((new_id, page))
+            return page
         return call
 
-    def submitted():
-        with Session(engine) as session:
-            return call_submitted(fn, session, SPEED_SIZE, timeout=CALL_TIMEOUT)
-
+    # Each call sees one more order than the last, so the harness cannot compare the variants' first
+    # answers with each other (the reference shares the original's clone); the pages are judged below.
+    noisy = None
     try:
-        result = measure_gated(endpoint(original), endpoint(reference), submitted, preset=SPEED_PRESET)
-    except WrongAnswer:
+        result = measure_gated(timed(original, "reference", pages["original"]), timed(reference, "reference"),
+                               timed(submission, "submission", pages["submission"]),
+                               equal=lambda a, b: True, preset=SPEED_PRESET)
+    except Inconclusive as exc:          # a wrong or stale page fails all the same; else: rerun
+        noisy = exc
+    first_expected = pages["original"][0][1]
+    first_new, first_page = pages["submission"][0]
+    if alike and first_page != first_expected:
         return CheckResult.fail(f"{NAME} returns a different page from the original, so its speed is not "
                                 "judged (see the correctness check)")
-    finally:
-        engine.dispose()
+    stale = [k for k, (new_id, page) in enumerate(pages["submission"], 1)
+             if not _starts_with(page, new_id) or len(page) != SPEED_SIZE]
+    if stale:
+        return CheckResult.fail(
+            f"{len(stale)} of the {len(pages['submission'])} timed calls returned a page without the order the "
+            f"grader had just added (first: call {stale[0]}): a page kept from an earlier call is not the current "
+            "page, so its speed is not judged")
+    if noisy is not None:
+        raise noisy
     return speedup_verdict(result, f"{NAME}(session, {SPEED_SIZE})",
                            "Count your statements: every lazy load inside the loop is one more round trip.")
 
@@ -138,6 +278,7 @@ LAB = LabSpec(
     solution="02_n_plus_one.ipynb",
     cell_timeout=120,
     total_timeout=600,
+    namespace="perflab.topics.t02_n_plus_one.rig:NAMESPACE",
     exercises=[
         Exercise("endpoint", "The recent-orders endpoint without an N+1", None, [NAME], [
             Check("the same page as the original", same_page, 2),

@@ -1,108 +1,158 @@
 """Lab 10 · Profiling — the grader's checks.
 
-Exercise 1 names the slow report's top hotspot: checked against the grader's own cProfile profile of
-the original report, run here on the grader's copy of the data (the function of the report with the
-largest cumulative time; if the top two are within ``CLOSE_CALL`` of each other, either is accepted).
+Exercise 1 names the slow report's top hotspot: checked against a cProfile profile of the original
+report (the lab's starter, from the solution notebook) that the grader has run in the *reference*
+sandbox, which runs course code only (the function of the report with the largest cumulative time; if
+the top two are within ``CLOSE_CALL`` of each other, either is accepted).
 
 Exercise 2 fixes it. Correctness: the same report text as the original for several limits. The
-performance contract, valid on any machine: statements counted server-side (no N+1), the speed-up
+performance contract, valid on any machine: statements counted by the server (no N+1), the speed-up
 over the original measured in this same run (``measure_gated``: at least ``MIN_SPEEDUP``), and the
-peak memory of one call measured here with ``tracemalloc`` (at most ``MAX_MEMORY_SHARE`` of the
-original's).
+peak memory of one report (at most ``MAX_MEMORY_SHARE`` of the original's).
+
+Nothing the learner wrote runs here. ``basket_report`` runs in the submission's sandbox through
+``drivers.py`` (a psycopg connection on the sandbox's own role and clone); the original and the
+reference come from the solution notebook and run the same way in the reference sandbox. What is
+judged is measured from outside the submission's process:
+
+- **statements** are counted by the server for the submission's database *role* (any connection);
+- **times** are taken by the grader around each remote call;
+- **memory**: tracemalloc's peak is reported by the process that ran the code, so it is backed by the
+  grader's own reading of that process's resident memory (``VmHWM`` in ``/proc``, its high-water mark
+  reset just before the call, in a freshly started sandbox process, which must start no other process);
+  both must stay within the bound;
+- **fresh data**: before every call the grader itself (logged in as that side's role, never as a
+  superuser on a clone the learner owns) adds a new newest order of a key account, a copy of a random
+  one, so the report must start with it: a report kept from an earlier call is wrong, and no check
+  passes on a report that was not computed from the database during the call.
 """
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import psycopg
-from psycopg.rows import dict_row
 
-from perflab import memory, probes, profiling
-from perflab.grading.grader import Check, CheckResult, Exercise, LabSpec, SubmissionError, call_submitted, learner_code
-from perflab.grading.contracts import WrongAnswer, measure_gated
+from perflab import harness, memory, probes
+from perflab.grading.contracts import measure_gated
+from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError
+from perflab.topics.t10_profiling.rig import REPORT_FUNCTIONS, REPORT_LIMIT
 
-LIMIT = 4_000
+NAME = "basket_report"
+LIMIT = REPORT_LIMIT
 CHECK_LIMITS = (LIMIT, 0, 1, 777)
 MAX_STATEMENTS = 10
 MIN_SPEEDUP = 3.0
 MAX_MEMORY_SHARE = 0.30
 CLOSE_CALL = 1.15
+CALL_TIMEOUT = 60.0
+# The speed check times reports of SPEED_LIMIT orders: the original's N+1 costs ~0.1-0.8 s per report at
+# this size (one query per key-account order), so ten interleaved rounds of all four variants fit in a few
+# seconds; the ratio to the original does not depend on the size (both sides are linear in it).
+SPEED_LIMIT = 2_000
+SPEED_PRESET = harness.Preset("grading-report", min_rounds=10, max_rounds=20, target_sample_seconds=0.02,
+                              budget_seconds=4.0, description="lab 10 speed check: ~3-10 s")
+DRIVERS = "perflab.topics.t10_profiling.drivers"
+REPORT = f"{DRIVERS}:report"
+CONNECT = f"{DRIVERS}:connect"
+PROFILE = f"{DRIVERS}:profile"
+PEAK = f"{DRIVERS}:peak"
+SOURCES = 256
+# Two freshly started sandbox processes differ by up to this much resident memory before any call.
+READY_SLACK = 128 * 1024
 
-
-# ------------------------------------------------------------------------------------------------
-# The original report (the lab's starter) and a reference fix
-# ------------------------------------------------------------------------------------------------
-
-def load_orders(conn, limit):
-    with conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute("SELECT * FROM orders ORDER BY id DESC LIMIT %s", (limit,)).fetchall()
-
-
-def key_account_ids(conn):
-    return [row[0] for row in conn.execute(
-        "SELECT id FROM customers WHERE tier = 'enterprise' ORDER BY id LIMIT 200")]
-
-
-def is_key_account(customer_id, account_ids):
-    return customer_id in account_ids
-
-
-def order_items_summary(conn, order_id):
-    return conn.execute("SELECT count(*), coalesce(sum(quantity * unit_price), 0) FROM order_items "
-                        "WHERE order_id = %s", (order_id,)).fetchone()
-
-
-def format_line(order_id, placed, items, value):
-    return f"{order_id:>9}  {placed:%Y-%m-%d}  {items:>3} items  {value:>10}\n"
-
-
-def original_basket_report(conn, limit=LIMIT):
-    orders = load_orders(conn, limit)
-    account_ids = key_account_ids(conn)
-    report, total_items, total_value = "", 0, 0
-    for order in orders:
-        if is_key_account(order["customer_id"], account_ids):
-            items, value = order_items_summary(conn, order["id"])
-            report += format_line(order["id"], order["created_at"], items, value)
-            total_items += items
-            total_value += value
-    report += f"{'total':>9}  {'':10}  {total_items:>3} items  {total_value:>10}\n"
-    return report
-
-
-REFERENCE_SQL = """
-SELECT o.id, o.created_at, count(i.id), coalesce(sum(i.quantity * i.unit_price), 0)
-FROM (SELECT id, customer_id, created_at FROM orders ORDER BY id DESC LIMIT %s) AS o
+# One statement, run by the grader as the clone's own role: a copy of order %(src)s (a key account's:
+# its customer, its items) becomes the newest order, with the next ids. Returns the new order's id.
+ADD_ORDER = """
+WITH src AS (SELECT * FROM orders WHERE id = %(src)s),
+top AS (SELECT max(id) AS id, max(created_at) AS created_at FROM orders),
+new_order AS (
+    INSERT INTO orders (id, customer_id, status, created_at, total, shipping_address, notes)
+    SELECT top.id + 1, src.customer_id, src.status, top.created_at + interval '1 second', src.total,
+           src.shipping_address, src.notes
+    FROM src, top
+    RETURNING id),
+new_items AS (
+    INSERT INTO order_items (id, order_id, product_id, quantity, unit_price)
+    SELECT (SELECT coalesce(max(id), 0) FROM order_items) + row_number() OVER (ORDER BY i.id), new_order.id,
+           i.product_id, i.quantity, i.unit_price
+    FROM order_items AS i, new_order
+    WHERE i.order_id = %(src)s)
+SELECT id FROM new_order
+"""
+KEY_ACCOUNT_ORDERS = """
+SELECT o.id FROM orders AS o
 JOIN (SELECT id FROM customers WHERE tier = 'enterprise' ORDER BY id LIMIT 200) AS c ON c.id = o.customer_id
-LEFT JOIN order_items AS i ON i.order_id = o.id
-GROUP BY o.id, o.created_at
-ORDER BY o.id DESC"""
+ORDER BY o.id"""
 
 
-def reference_basket_report(conn, limit=LIMIT):
-    lines, total_items, total_value = [], 0, 0
-    with conn.transaction(), conn.cursor(name="basket_report") as cursor:
-        cursor.itersize = 1_000
-        cursor.execute(REFERENCE_SQL, (limit,))
-        for order_id, placed, items, value in cursor:
-            lines.append(format_line(order_id, placed, items, value))
-            total_items += items
-            total_value += value
-    lines.append(f"{'total':>9}  {'':10}  {total_items:>3} items  {total_value:>10}\n")
-    return "".join(lines)
+# ------------------------------------------------------------------------------------------------
+# Fresh data, added by the grader
+# ------------------------------------------------------------------------------------------------
+
+class _Feeder:
+    """Adds a new newest key-account order to a side's clone before a call, logged in as that side's role.
+
+    The k-th order added to either clone copies the same randomly chosen order, so the clones stay alike."""
+
+    def __init__(self, ctx) -> None:
+        self.conns: dict[str, psycopg.Connection] = {}
+        self.added = {"submission": 0, "reference": 0}
+        for side, dsn in (("reference", ctx.reference_dsn), ("submission", ctx.dsn)):
+            conn = psycopg.connect(dsn, autocommit=True)
+            ctx._resources.callback(conn.close)
+            conn.execute("SET synchronous_commit = off")   # a throwaway clone: no fsync in the timed path
+            conn.execute("SET lock_timeout = '5s'")
+            conn.execute("SET statement_timeout = '20s'")
+            self.conns[side] = conn
+        self.session = self.conns["submission"].execute(
+            "SELECT to_hex(trunc(extract(epoch FROM backend_start))::bigint) || '.' || to_hex(pid) "
+            "FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()[0]
+        candidates = [row[0] for row in self.conns["reference"].execute(KEY_ACCOUNT_ORDERS)]
+        chooser = random.SystemRandom()
+        self.sources = [chooser.choice(candidates) for _ in range(SOURCES)]
+
+    def add(self, side: str) -> int:
+        source = self.sources[self.added[side] % len(self.sources)]
+        try:
+            row = self.conns[side].execute(ADD_ORDER, {"src": source}).fetchone()
+        except psycopg.Error as exc:
+            if side != "submission":
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise SubmissionError(
+                f"the grader could not add an order to your copy of the data before calling {NAME} "
+                f"({type(exc).__name__}: {first}); does your code change the tables or leave a transaction "
+                "holding a lock?") from None
+        self.added[side] += 1
+        if row is None:
+            raise SubmissionError(f"the grader could not add an order to your copy of the data before calling "
+                                  f"{NAME}: the orders table no longer has order {source}")
+        return row[0]
+
+    def add_both(self) -> int:
+        new_id = self.add("submission")
+        self.add("reference")
+        return new_id
 
 
-REPORT_FUNCTIONS = ("load_orders", "key_account_ids", "is_key_account", "order_items_summary", "format_line")
-# What a submitted basket_report may use without defining it: the lab's helpers, as given.
-HELPERS = {"dict_row": dict_row, "load_orders": load_orders, "key_account_ids": key_account_ids,
-           "is_key_account": is_key_account, "order_items_summary": order_items_summary,
-           "format_line": format_line, "REPORT_LIMIT": LIMIT}
+def _feeder(ctx) -> _Feeder:
+    if "feeder" not in ctx.scratch:
+        ctx.scratch["feeder"] = _Feeder(ctx)
+    return ctx.scratch["feeder"]
 
 
-def _connect(dsn):
-    return psycopg.connect(dsn, autocommit=True)
+def _starts_with(report, order_id: int) -> bool:
+    """The report's first line is order ``order_id`` (``format_line`` right-aligns the id)."""
+    return isinstance(report, str) and report.lstrip().split(" ", 1)[0] == str(order_id)
 
 
-def _report_fn(ctx):
-    return ctx.function("basket_report", namespace=HELPERS)
+def _remote(ctx, side: str, driver: str, timeout: float = CALL_TIMEOUT):
+    if side == "submission":
+        return ctx.function(NAME).via(driver, timeout=timeout)
+    if side == "reference":
+        return ctx.reference_function(NAME).via(driver, timeout=timeout)
+    return ctx.original_function(NAME).via(driver, timeout=timeout)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,15 +167,14 @@ def names_the_top_hotspot(ctx) -> CheckResult:
     if named not in REPORT_FUNCTIONS:
         return CheckResult.fail(f"TOP_HOTSPOT is {answer!r}; name one of the report's functions: "
                                 f"{', '.join(REPORT_FUNCTIONS)}")
-    with _connect(ctx.dsn) as conn:
-        original_basket_report(conn)                      # warm the server's caches first
-        measured = profiling.profile(original_basket_report, conn)
-    ranking = measured.ranking(REPORT_FUNCTIONS)
+    # The original's code only, in the reference sandbox: a profile no submission can touch.
+    measured = _remote(ctx, "original", PROFILE, timeout=120)(list(REPORT_FUNCTIONS))
+    ranking = [(name, float(seconds)) for name, seconds in measured["ranking"]]
+    total = float(measured["total"]) or 1.0
     (top, top_seconds), (second, second_seconds) = ranking[0], ranking[1]
     accepted = {top} | ({second} if top_seconds < CLOSE_CALL * second_seconds else set())
-    share = {name: seconds / measured.total_seconds for name, seconds in ranking}
-    table = ", ".join(f"{name} {share[name]:.0%}" for name, _ in ranking)
-    calls = measured.seconds_of(top)[2]
+    table = ", ".join(f"{name} {seconds / total:.0%}" for name, seconds in ranking)
+    calls = int(measured["calls"][top])
     if named in accepted:
         return CheckResult.ok(f"yes: in the grader's profile {named}() has the most cumulative time "
                               f"({table})", ranking=ranking)
@@ -139,52 +188,102 @@ def names_the_top_hotspot(ctx) -> CheckResult:
 # Exercise 2: fix it
 # ------------------------------------------------------------------------------------------------
 
+def _observed(ctx) -> dict:
+    """``{limit: (submitted report, original's report, counted statements, the order added before)}``."""
+    if "observed" not in ctx.scratch:
+        try:
+            submission = _remote(ctx, "submission", REPORT)
+            original = _remote(ctx, "original", REPORT)
+            feeder = _feeder(ctx)
+            # The sandbox's connection is opened before any window; the window waits for the log to show it.
+            with probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn):
+                _remote(ctx, "submission", CONNECT)()
+            observed = {}
+            for limit in CHECK_LIMITS:
+                new_id = feeder.add_both()
+                with probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn) as probe:
+                    submitted = submission(limit)
+                expected = original(limit)
+                statements = [s for s in probe.statements if s.session != feeder.session]
+                observed[limit] = (submitted, expected, statements, new_id)
+            ctx.scratch["observed"] = observed
+        except SubmissionError as exc:
+            ctx.scratch["observed"] = exc
+    if isinstance(ctx.scratch["observed"], SubmissionError):
+        raise SubmissionError(str(ctx.scratch["observed"]))
+    return ctx.scratch["observed"]
+
+
 def same_report(ctx) -> CheckResult:
-    fn = _report_fn(ctx)
-    with _connect(ctx.dsn) as conn:
-        for limit in CHECK_LIMITS:
-            expected = original_basket_report(conn, limit)
-            got = call_submitted(fn, conn, limit, timeout=60)
-            if got != expected:
-                if not isinstance(got, str):
-                    return CheckResult.fail(f"basket_report(conn, {limit}) returned a {type(got).__name__}, "
-                                            "not the report's text")
-                want, have = expected.splitlines(), got.splitlines()
-                first = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
-                shown = have[first] if first < len(have) else "(nothing)"
-                wanted = want[first] if first < len(want) else "(nothing)"
-                return CheckResult.fail(
-                    f"basket_report(conn, {limit}) differs from the original's report from line {first + 1} "
-                    f"({len(have)} lines, the original {len(want)}): expected {wanted.strip()!r}, got "
-                    f"{shown.strip()!r}. Keep the order (newest first), the formatting and the total line")
+    for limit, (got, expected, _, _) in _observed(ctx).items():
+        if got != expected:
+            if not isinstance(got, str):
+                return CheckResult.fail(f"basket_report(conn, {limit}) returned a {type(got).__name__}, "
+                                        "not the report's text")
+            want, have = expected.splitlines(), got.splitlines()
+            first = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+            shown = have[first] if first < len(have) else "(nothing)"
+            wanted = want[first] if first < len(want) else "(nothing)"
+            return CheckResult.fail(
+                f"basket_report(conn, {limit}) differs from the original's report from line {first + 1} "
+                f"({len(have)} lines, the original {len(want)}): expected {wanted.strip()!r}, got "
+                f"{shown.strip()!r}. Keep the order (newest first), the formatting and the total line")
     return CheckResult.ok(f"the same report as the original for limits {', '.join(map(str, CHECK_LIMITS))}")
 
 
 def no_n_plus_one(ctx) -> CheckResult:
-    fn = _report_fn(ctx)
-    with probes.count_statements(ctx.dsn) as probe:
-        with _connect(probe.dsn) as conn:
-            call_submitted(fn, conn, LIMIT, timeout=60)
-    if probe.count <= MAX_STATEMENTS:
-        return CheckResult.ok(f"{probe.count} statement(s) for a {LIMIT:,}-order report")
-    shapes = "; ".join(f"{n:,} x {shape[:70]}" for shape, n in probe.shapes.most_common(2))
-    return CheckResult.fail(f"{probe.count:,} statements for one {LIMIT:,}-order report (at most {MAX_STATEMENTS} "
+    got, _, statements, new_id = _observed(ctx)[LIMIT]
+    if not statements or not _starts_with(got, new_id):
+        return CheckResult.fail(
+            f"the server saw {len(statements)} statement(s) from your code for one {LIMIT:,}-order report, and the "
+            f"report does not start with order {new_id}, which the grader added just before the call: it was not "
+            "computed from the database during the call (a kept or made-up report is not judged)")
+    if len(statements) <= MAX_STATEMENTS:
+        return CheckResult.ok(f"{len(statements)} statement(s) for a {LIMIT:,}-order report (counted by the server)")
+    shapes = "; ".join(f"{n:,} x {shape[:70]}" for shape, n in Counter(s.shape for s in statements).most_common(2))
+    return CheckResult.fail(f"{len(statements):,} statements for one {LIMIT:,}-order report (at most {MAX_STATEMENTS} "
                             f"expected): {shapes}. One query per order is an N+1: fetch the item counts and "
                             "values for all the orders at once (a JOIN with GROUP BY)")
 
 
 def faster(ctx) -> CheckResult:
-    fn = _report_fn(ctx)
-    with _connect(ctx.dsn) as conn:
-        with learner_code("basket_report"):
-            fn(conn, LIMIT)
-        with memory.frozen_heap():
-            try:
-                result = measure_gated(lambda: original_basket_report(conn), lambda: reference_basket_report(conn),
-                                       lambda: fn(conn, LIMIT))
-            except WrongAnswer:
-                return CheckResult.fail("basket_report's report differs from the original's, so its speed is not "
-                                        "judged (see the correctness check)")
+    submission = _remote(ctx, "submission", REPORT)
+    original = _remote(ctx, "original", REPORT)
+    reference = _remote(ctx, "reference", REPORT)
+    feeder = _feeder(ctx)
+    alike = feeder.added["submission"] == feeder.added["reference"]
+    reports: dict[str, list] = {"original": [], "submission": []}
+
+    def timed(remote, side: str, kept: list | None = None):
+        def call():
+            new_id = feeder.add(side)          # the grader's own statement, on that side's clone
+            text = remote(SPEED_LIMIT)
+            if kept is not None:
+                kept.append((new_id, text))
+            return text
+        return call
+
+    noisy = None
+    try:
+        # Each call sees one more order than the last, so the harness cannot compare the variants' first
+        # answers with each other (the reference shares the original's clone); they are judged below.
+        result = measure_gated(timed(original, "reference", reports["original"]), timed(reference, "reference"),
+                               timed(submission, "submission", reports["submission"]), equal=lambda a, b: True,
+                               preset=SPEED_PRESET)
+    except Inconclusive as exc:          # a wrong or stale report fails all the same; else: rerun
+        noisy = exc
+    if reports["submission"] and reports["original"]:
+        if alike and reports["submission"][0][1] != reports["original"][0][1]:
+            return CheckResult.fail("basket_report's report differs from the original's, so its speed is not "
+                                    "judged (see the correctness check)")
+        stale = [k for k, (new_id, text) in enumerate(reports["submission"], 1) if not _starts_with(text, new_id)]
+        if stale:
+            return CheckResult.fail(
+                f"{len(stale)} of the {len(reports['submission'])} timed calls returned a report without the order "
+                f"the grader had just added (first: call {stale[0]}): a report kept from an earlier call is not "
+                "the current report, so its speed is not judged")
+    if noisy is not None:
+        raise noisy
     gain = result.ratio("original", "submission")
     reference_gain = result.ratio("original", "reference")
     details = {"submission": str(gain), "reference": str(reference_gain)}
@@ -195,23 +294,85 @@ def faster(ctx) -> CheckResult:
                             f"{reference_gain.value:.1f}x). Fix the hotspot the profile names first", **details)
 
 
+# -- memory ----------------------------------------------------------------------------------------
+
+def _status_kb(pid: int) -> dict[str, int]:
+    values = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+def _children_ticks(pid: int) -> int:
+    """CPU ticks of the process's waited-for children (``cutime + cstime``): work done in a child shows here."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[13]) + int(fields[14])
+
+
+def _resident(ctx, side: str) -> tuple[int, int]:
+    """``(resident bytes once ready, growth during one report)`` of a freshly started sandbox process.
+
+    The grader reads both from ``/proc``: the resident size after the process started and opened its
+    connection (the answers are loaded by then: whatever they did on loading is in it), and the high-water
+    mark during one report (reset just before the call via ``clear_refs``) above the resident size then.
+    No answer runs before the measured call, which sees a fresh order (so nothing kept from elsewhere
+    serves it), and the process must do the work itself: no other process in its sandbox and no
+    child's CPU time during the call."""
+    box = ctx.sandbox("submission" if side == "submission" else "reference")
+    box.close()                                    # the next call starts a fresh process
+    _remote(ctx, side, CONNECT)()
+    pid = box.proc.pid
+    ready = _status_kb(pid)["VmRSS"]
+    new_id = _feeder(ctx).add("submission" if side == "submission" else "reference")
+    ticks = _children_ticks(pid)
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")                               # reset the peak resident size (VmHWM) to the current one
+    before = _status_kb(pid)["VmRSS"]
+    text = _remote(ctx, side, REPORT)(LIMIT)
+    after = _status_kb(pid)["VmHWM"]
+    if side == "submission":
+        if [p for p in box.box.alive() if p != pid] or _children_ticks(pid) != ticks:
+            raise SubmissionError(f"{NAME} started another process to do its work; the report's memory is measured "
+                                  "in the process that runs it, so do the work there")
+        if not _starts_with(text, new_id):
+            raise SubmissionError(f"the report whose memory was measured does not start with order {new_id}, which "
+                                  "the grader added just before the call: it was not computed during the call")
+    return ready * 1024, max(0, after - before) * 1024
+
+
 def less_memory(ctx) -> CheckResult:
-    fn = _report_fn(ctx)
-    with _connect(ctx.dsn) as conn:
-        with learner_code("basket_report"):
-            fn(conn, LIMIT)                                  # warm-up: imports and caches are not the report's
-        original_basket_report(conn)
-        original = memory.peak(original_basket_report, conn, LIMIT, keep_result=False)
-        with learner_code("basket_report"):
-            submitted = memory.peak(fn, conn, LIMIT, keep_result=False)
-    share = submitted.peak_bytes / max(original.peak_bytes, 1)
-    text = (f"peak {memory.format_bytes(submitted.peak_bytes)} during one report, "
-            f"{share:.0%} of the original's {memory.format_bytes(original.peak_bytes)} (tracemalloc)")
-    if share <= MAX_MEMORY_SHARE:
-        return CheckResult.ok(text, share=share)
+    # From outside: each report in a fresh process, its resident memory read by the grader. Memory the
+    # submission's process holds beyond the reference sandbox's once both are ready (loaded on the side,
+    # before the call) counts as the report's too.
+    try:
+        original_ready, original_rss = _resident(ctx, "original")
+    except OSError as exc:  # no /proc (not Linux): the inside measurement alone cannot be trusted
+        raise Inconclusive(f"the grader cannot read the sandbox's memory on this machine ({exc})") from None
+    try:
+        submitted_ready, submitted_rss = _resident(ctx, "submission")
+    except (FileNotFoundError, ProcessLookupError):
+        raise SubmissionError("the process running your code ended while its memory was measured (os._exit, "
+                              "a crash, or a memory limit?)") from None
+    held = max(0, submitted_ready - original_ready - READY_SLACK)
+    # From inside (tracemalloc, finer): reported by the process that ran the code, so never enough alone.
+    original = int(_remote(ctx, "original", PEAK)(LIMIT))
+    submitted = int(_remote(ctx, "submission", PEAK)(LIMIT))
+    share = submitted / max(original, 1)
+    rss_share = (submitted_rss + held) / max(original_rss, 1)
+    text = (f"peak {memory.format_bytes(submitted)} during one report, {share:.0%} of the original's "
+            f"{memory.format_bytes(original)} (tracemalloc); resident memory grew by "
+            f"{memory.format_bytes(submitted_rss + held)}, {rss_share:.0%} of the original's "
+            f"{memory.format_bytes(original_rss)} (measured by the grader)")
+    details = {"share": share, "rss_share": rss_share, "ready": [original_ready, submitted_ready]}
+    if share <= MAX_MEMORY_SHARE and rss_share <= MAX_MEMORY_SHARE:
+        return CheckResult.ok(text, **details)
     return CheckResult.fail(f"{text}; at most {MAX_MEMORY_SHARE:.0%} is expected. Do not load every column of every "
                             "order into a list: select only the columns the report prints and stream the rows "
-                            "(a server-side cursor: conn.cursor(name=...))", share=share)
+                            "(a server-side cursor: conn.cursor(name=...))", **details)
 
 
 LAB = LabSpec(
@@ -220,6 +381,7 @@ LAB = LabSpec(
     solution="10_profiling.ipynb",
     cell_timeout=120,
     total_timeout=600,
+    namespace="perflab.topics.t10_profiling.rig:NAMESPACE",
     exercises=[
         Exercise("hotspot", "Name the top hotspot", None, ["TOP_HOTSPOT"], [
             Check("matches the grader's own profile", names_the_top_hotspot, 2),
