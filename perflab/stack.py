@@ -602,7 +602,7 @@ def _postgres_health(url: str) -> str:
 
 def _is_healthy(service: Service) -> bool:
     try:
-        (_postgres_health if service.name == "postgres" else _redis_ping)(service.url)
+        (_postgres_health if service.name in ("postgres", "replica") else _redis_ping)(service.url)
         return True
     except Exception:
         return False

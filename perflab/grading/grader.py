@@ -191,6 +191,9 @@ class LabSpec:
     # What a recorded function may use without importing it ("module:NAME", a dict in course code).
     namespace: str | None = None
     needs_redis: bool = False  # the sandboxes get a throwaway Redis of their own
+    # The course's read replica is started, and the kernel gets PERFLAB_REPLICA_URL: its own role and clone
+    # there (both replicate), so the lab's notebook runs under grading as it does for the learner.
+    needs_replica: bool = False
     limits: Limits = field(default_factory=Limits)  # the sandbox's limits (the instructor may override)
 
     def __post_init__(self) -> None:
@@ -930,7 +933,10 @@ def grade(
                 stack.ensure()
                 if spec.needs_database:
                     isolation.sweep_orphans()
-                    env["DATABASE_URL"] = kernel_resources.enter_context(isolation.run_database()).dsn
+                    kernel_db = kernel_resources.enter_context(isolation.run_database())
+                    env["DATABASE_URL"] = kernel_db.dsn
+                    if spec.needs_replica:
+                        env["PERFLAB_REPLICA_URL"] = isolation.on_replica(kernel_db.dsn, stack.ensure_replica())
                 env["REDIS_URL"] = kernel_resources.enter_context(isolation.run_redis()).url
             except Exception as exc:  # noqa: BLE001 - the grader's environment, not the learner
                 return cannot_grade(

@@ -142,6 +142,16 @@ def run_database(scale: str | None = None) -> Iterator[RunDatabase]:
             _drop(conn, name)
 
 
+def on_replica(role_dsn: str, replica) -> str:
+    """``role_dsn`` pointed at the course's streaming replica (roles and clones replicate), once it has them."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    replica.catch_up()
+    parts = urlsplit(role_dsn)
+    netloc = parts.netloc.rsplit(":", 1)[0] + f":{replica.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _pinned_search_path(dsn: str) -> str:
     """``dsn`` with ``search_path=pg_catalog,pg_temp`` as a startup option (it wins over ALTER DATABASE/ROLE)."""
     return stack.with_params(dsn, options="-c search_path=pg_catalog,pg_temp")

@@ -381,6 +381,7 @@ LAB = LabSpec(
     id="11",
     title="Scaling out: a read router",
     solution="11_scaling_out.ipynb",
+    needs_replica=True,
     cell_timeout=120,
     total_timeout=600,
     namespace="perflab.topics.t11_scaling.rig:NAMESPACE",
