@@ -222,7 +222,14 @@ def admin_connection(dsn: str):
 
 def log_position(conn) -> tuple[str, int]:
     """Where the server's JSON log ends now: ``(file, size)``; entries after it are read by ``read_log_since``."""
-    logfile = conn.execute("SELECT pg_current_logfile('jsonlog')").fetchone()[0]
+    import psycopg
+
+    try:
+        logfile = conn.execute("SELECT pg_current_logfile('jsonlog')").fetchone()[0]
+    except psycopg.errors.InsufficientPrivilege:
+        raise ProbeError("counting statements reads the server's log, which this database role may not do "
+                         "(while a lab is graded, the notebook runs as a role of its own and the grader counts "
+                         "statements itself)") from None
     if not logfile:
         raise ProbeError(
             "this PostgreSQL server writes no JSON log, so statements cannot be counted server-side. "

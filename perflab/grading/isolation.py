@@ -101,8 +101,11 @@ def _log_connections(conn) -> None:
 
 
 def _revoke_public_connect(conn) -> None:
-    for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datallowconn").fetchall():
-        conn.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
+    """No database is open to PUBLIC; one lock at a time (two gradings revoking at once collide in pg_database)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('perflab-grading-revoke'))")
+        for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datallowconn").fetchall():
+            conn.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
 
 
 @contextlib.contextmanager
