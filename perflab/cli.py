@@ -4,7 +4,7 @@
     perflab stack replica up | down | status [--apply-delay-ms MS]
     perflab data build [--scale S] [--force] | status | clean
     perflab run [--scale S] [NOTEBOOK ...]
-    perflab grade SUBMISSION.ipynb [--lab NN] [--out DIR]
+    perflab grade SUBMISSION.ipynb [--lab NN] [--out DIR] [--limit NAME=N ...]
     perflab labs [--check]
     perflab bench [--scale S]
     perflab proxy --rtt-ms MS [--target postgres|redis]
@@ -38,6 +38,11 @@ def cmd_stack(args) -> int:
     if args.action == "up":
         _, messages = stack.up()
         print("\n".join(messages))
+        from perflab.grading import isolation
+
+        dropped = isolation.sweep_orphans()  # clones and roles of a grader that was killed
+        if dropped:
+            print(f"dropped {len(dropped)} grading clone(s)/role(s) left by an interrupted grader")
         print("\nPoint other tools at it with:  eval \"$(.venv/bin/perflab stack env)\"")
     elif args.action == "down":
         print("\n".join(stack.down()))
@@ -116,9 +121,27 @@ def cmd_grade(args) -> int:
     from perflab.grading import grader
 
     out_dir = Path(args.out) if args.out else paths.BUILD_DIR / "grades" / Path(args.submission).stem
-    result = grader.grade(Path(args.submission), lab=args.lab, out_dir=out_dir)
+    try:
+        limits = dict(_limit(item) for item in args.limit or [])
+    except ValueError as exc:
+        print(f"perflab grade: {exc}", file=sys.stderr)
+        return 2
+    result = grader.grade(Path(args.submission), lab=args.lab, out_dir=out_dir, limit_overrides=limits)
     print(result.text())
     return result.exit_code
+
+
+def _limit(item: str) -> tuple[str, int]:
+    """``--limit address_space_mb=2048`` → ("address_space_mb", 2048)."""
+    from dataclasses import fields
+
+    from perflab.grading.jail import Limits
+
+    name, _, value = item.partition("=")
+    known = [f.name for f in fields(Limits)]
+    if name not in known or not value.isdigit():
+        raise ValueError(f"--limit takes NAME=NUMBER with NAME one of {', '.join(known)}; got {item!r}")
+    return name, int(value)
 
 
 def cmd_labs(args) -> int:
@@ -222,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("submission")
     p.add_argument("--lab", help="lab number, e.g. 01 (default: from the file name)")
     p.add_argument("--out", help="folder for results.json (default: build/grades/)")
+    p.add_argument("--limit", action="append", metavar="NAME=N",
+                   help="override a sandbox limit, e.g. address_space_mb=2048, cpu_seconds=300 (repeatable)")
     p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("labs", help="generate labs/ from solutions/")

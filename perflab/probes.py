@@ -404,7 +404,8 @@ def explain(target, sql: str, params: Any = None, *, analyze: bool = True) -> Pl
     """EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) a query on a DSN or an open psycopg connection.
 
     With ``analyze=True`` the query really runs (that is how EXPLAIN ANALYZE gets actual rows);
-    a data-changing statement is rolled back.
+    a data-changing statement is rolled back. The statement is sent prepared (the extended protocol),
+    so ``sql`` is exactly one statement: ``…; DROP TABLE …`` is refused, never run.
     """
     import psycopg
 
@@ -414,7 +415,7 @@ def explain(target, sql: str, params: Any = None, *, analyze: bool = True) -> Pl
     try:
         # A savepoint or transaction that is always rolled back: EXPLAIN ANALYZE of an UPDATE changes nothing.
         with conn.transaction(force_rollback=True):
-            row = conn.execute(f"EXPLAIN ({options}) {sql}", params).fetchone()
+            row = conn.execute(f"EXPLAIN ({options}) {sql}", params, prepare=True).fetchone()
     finally:
         if owns:
             conn.close()

@@ -79,8 +79,9 @@ def test_the_generated_starter_fails_every_exercise(tmp_path):
     report = grader.grade(starter, FAST, results_json=tmp_path / "r.json")
     assert report.score == 0 and report.exit_code == 1 and report.status == "failed"
     assert statuses(report) == {"dedupe": ["failed", "failed"], "total": ["failed"]}
-    assert "NotImplementedError: exercise: complete dedupe()" in messages(report, "dedupe")
-    assert "TOTAL is None" in messages(report, "total")
+    # An untouched exercise is not attempted: 0 points, whatever its checks would say of the starter.
+    assert "dedupe is still the starter code" in messages(report, "dedupe")
+    assert "TOTAL is still the starter code" in messages(report, "total")
     assert json.loads((tmp_path / "r.json").read_text())["score"] == 0
 
 

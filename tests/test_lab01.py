@@ -1,7 +1,7 @@
 """Lab 01's own tables: the starter's reasons, a slow-but-right and a fast-but-wrong answer, two covering
 indexes that miss, and an answer that tries to destroy the course data (tests/test_labs.py: the solution
 passes, the starter fails)."""
-from labtools import SLOW, TIMED, expect, fails, graded, passes, submission
+from labtools import SLOW, TIMED, Expected, expect, fails, graded, passes, submission
 
 from perflab.grading import grader
 
@@ -12,9 +12,20 @@ INDEX_ONLY = ("covering", "Index Only Scan with no heap fetches")
 FEW_PAGES = ("covering", "reads few pages for the biggest customer")
 
 
+RECENT_SAME = ("recent", "same rows as the original")
+RECENT_USES_INDEX = ("recent", "the plan uses the index")
+RECENT_FAST = ("recent", "faster than the original, as fast as an index allows")
+COMPACT = ("covering", "no bigger than it needs to be")
+
+
 def _grade(tmp_path, name: str, source: str):
     """The solution with the answer cell that defines ``name`` replaced, graded."""
     return grader.grade(submission("01", tmp_path, {f"{name} =": source}))
+
+
+def _grade_many(tmp_path, **sources):
+    """The solution with several answer cells replaced (one grading run judges them all)."""
+    return grader.grade(submission("01", tmp_path, {f"{name} =": source for name, source in sources.items()}))
 
 
 def test_the_solution_passes_with_only_the_timing_check_maybe_inconclusive(tiny_data):
@@ -22,8 +33,17 @@ def test_the_solution_passes_with_only_the_timing_check_maybe_inconclusive(tiny_
     expect(report, {(o.exercise, o.name): TIMED if o.name == FAST[1] else passes() for o in report.checks})
 
 
-def test_the_starter_fails_with_the_reasons(tiny_data):
-    expect(graded("01", "starter"), {USES_INDEX: fails("Seq Scan"), INDEX_ONLY: fails()})
+def test_the_starter_scores_nothing(tiny_data):
+    report = graded("01", "starter")
+    expect(report, {USES_INDEX: fails("still the starter code"), INDEX_ONLY: fails("still the starter code")})
+    assert report.score == 0, report.text()
+
+
+def test_the_starters_query_retyped_is_judged_with_the_reasons(tiny_data, tmp_path):
+    """Not the starter as given (lower case), so it is judged: right rows, but the wrapped column scans."""
+    retyped = ('MARCH_2024_SQL = """select id, customer_id, total from orders '
+               'where extract(year from created_at) = 2024 and extract(month from created_at) = 3"""')
+    expect(_grade(tmp_path, "MARCH_2024_SQL", retyped), {SAME: passes(), USES_INDEX: fails("Seq Scan"), FAST: SLOW})
 
 
 def test_right_but_slow_fails_the_performance_contract(tiny_data, tmp_path):
@@ -60,3 +80,36 @@ def test_destructive_answer_cannot_touch_the_course_data(tiny_data, tmp_path, co
     expect(_grade(tmp_path, "COVERING_INDEX_DDL", evil), {INDEX_ONLY: fails()})
     with datasets.throwaway("tiny") as dsn, stack.connect(dsn=dsn) as conn:
         assert conn.execute("SELECT count(*) FROM order_items").fetchone()[0] > 0
+
+
+def test_hostile_sql_answers_are_refused_and_damage_nothing(tiny_data, tmp_path, course_stack):
+    """One statement only, read only, rows capped, state kept between timed calls caught, an index
+    smuggled onto another table refused; the course data is untouched."""
+    from perflab import datasets, stack
+
+    chained = ('MARCH_2024_SQL = """SELECT id, customer_id, total FROM orders '
+               "WHERE created_at >= '2024-03-01' AND created_at < '2024-04-01'; DROP TABLE order_items\"\"\"")
+    # Right rows on the first call, none afterwards (a session setting remembers the first call).
+    cached = ('RECENT_SQL = """SELECT id, status, total FROM orders '
+              "WHERE created_at >= timestamptz '2025-06-30 00:00:00+00' - interval '30 days' "
+              "AND created_at < timestamptz '2025-06-30 00:00:00+00' "
+              "AND coalesce(current_setting('lab.calls', true), '') = '' "
+              "UNION ALL SELECT NULL, NULL, NULL WHERE set_config('lab.calls', '1', false) IS NULL\"\"\"")
+    elsewhere = ('COVERING_INDEX_DDL = "CREATE INDEX orders_account_idx ON customers (id) '
+                 "WHERE 'ON orders' <> ''\"")
+    report = _grade_many(tmp_path, MARCH_2024_SQL=chained, RECENT_SQL=cached, COVERING_INDEX_DDL=elsewhere)
+    expect(report, {SAME: fails("multiple commands"), USES_INDEX: fails(), FAST: fails(),
+                    RECENT_SAME: passes(), RECENT_USES_INDEX: passes(),
+                    RECENT_FAST: Expected(frozenset({"failed"}), ("later call",)),
+                    INDEX_ONLY: fails("exactly one index on orders"), COMPACT: fails()})
+    with datasets.throwaway("tiny") as dsn, stack.connect(dsn=dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM order_items").fetchone()[0] > 0
+
+
+def test_writes_and_floods_fail_fast(tiny_data, tmp_path):
+    """A statement that writes fails in the read-only transaction; a cross join is cut off, not fetched."""
+    writes = 'MARCH_2024_SQL = "SELECT id, customer_id, total FROM orders WHERE lo_create(0) > 0"'
+    flood = 'RECENT_SQL = "SELECT a.id, b.status, b.total FROM orders a, orders b"'
+    report = _grade_many(tmp_path, MARCH_2024_SQL=writes, RECENT_SQL=flood)
+    expect(report, {SAME: fails("read-only"), RECENT_SAME: fails("more than")})
+    assert report.seconds < 300, report.text()

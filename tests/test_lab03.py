@@ -18,8 +18,17 @@ def test_the_solution_passes_on_counted_checks(tiny_data):
     expect(graded("03", "solution"), {BUDGET: passes(), PLANS: passes(), P99: TIMED})
 
 
-def test_the_starter_fails_with_the_reasons(tiny_data):
-    expect(graded("03", "starter"), {BUDGET: fails("creates no index"), PLANS: fails("rows of orders"), P99: SLOW})
+def test_the_starter_scores_nothing(tiny_data):
+    report = graded("03", "starter")
+    expect(report, {BUDGET: fails("still the starter code"), PLANS: fails("still the starter code"),
+                    P99: fails("still the starter code")})
+    assert report.score == 0, report.text()
+
+
+def test_no_new_index_is_judged_with_the_reasons(tiny_data, tmp_path):
+    """Not the starter's empty list, but it creates nothing (the index exists already): judged, and fails."""
+    nothing = 'TAIL_INDEXES = ["CREATE INDEX IF NOT EXISTS orders_customer_id_idx ON orders (customer_id)"]'
+    expect(_grade(tmp_path, nothing), {BUDGET: fails("creates no index"), PLANS: fails("rows of orders"), P99: SLOW})
 
 
 def test_right_but_slow_fails_on_rows_read(tiny_data, tmp_path):
@@ -39,3 +48,20 @@ def test_index_everything_fails_the_budget(tiny_data, tmp_path):
 
 def test_not_an_index_is_refused(tiny_data, tmp_path):
     expect(_grade(tmp_path, 'TAIL_INDEXES = ["DROP TABLE order_items"]'), {BUDGET: fails("CREATE INDEX")})
+
+
+def test_smuggled_statements_and_other_tables_are_refused(tiny_data, tmp_path, course_stack):
+    """A second statement after the index is a syntax error (one statement per DDL); an index on another
+    table that passes the text filter (ON orders inside a string) is found in the catalogs and refused;
+    the course data is untouched."""
+    from perflab import datasets, stack
+
+    chained = ('TAIL_INDEXES = ["CREATE INDEX a ON orders (customer_id, total); DROP TABLE order_items", '
+               '"CREATE INDEX b ON orders (customer_id, created_at) WHERE status = \'pending\'"]')
+    expect(_grade(tmp_path, chained), {BUDGET: fails("CREATE INDEX"), PLANS: fails("CREATE INDEX"), P99: fails()})
+    elsewhere = ('TAIL_INDEXES = ["CREATE INDEX a ON orders (customer_id, total)", '
+                 '"CREATE INDEX b ON customers (id) WHERE \'ON orders\' <> \'\'"]')
+    expect(_grade(tmp_path, elsewhere), {BUDGET: fails("only create indexes on orders", "b on customers"),
+                                         PLANS: fails("only create indexes on orders"), P99: fails()})
+    with datasets.throwaway("tiny") as dsn, stack.connect(dsn=dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM order_items").fetchone()[0] > 0

@@ -3,11 +3,13 @@ the right checks; the counting type the deterministic checks rely on (tests/test
 passes, the starter fails)."""
 import pytest
 
-from labtools import SLOW, expect, fails, graded, passes, submission
+from labtools import SLOW, expect, fails, passes, submission
 
 from perflab import complexity
 from perflab.grading import grader
+from perflab.grading import sources
 from perflab.topics.t09_structures import checks as lab09
+from perflab.topics.t09_structures import drivers
 
 SPEED = "at least 10x faster than the original at the largest size"
 COUNTS = "comparisons and hashes grow linearly (slope <= 1.2)"
@@ -31,8 +33,26 @@ def _keep_the_original(source: str):
     return lambda cell: cell.split("# BEGIN STARTER")[0] + source
 
 
-def test_the_starter_is_right_but_quadratic():
-    report = graded("09", "starter")
+# The starter reworded (so it counts as an attempt): still right, still quadratic.
+REWORDED_STARTERS = {
+    "def vip_orders(": _keep_the_original('''
+def vip_orders(orders, vip_ids):
+    found = [order for order in orders if order[1] in vip_ids]
+    return found
+'''),
+    "def dedupe_events(": _keep_the_original('''
+def dedupe_events(events):
+    seen = []
+    for event in events:
+        if event not in seen:
+            seen.append(event)
+    return seen
+'''),
+}
+
+
+def test_the_starter_reworded_is_right_but_quadratic(tmp_path):
+    report = grader.grade(submission("09", tmp_path, REWORDED_STARTERS))
     for exercise in ("vip", "dedupe"):
         found = expect(report, {(exercise, SAME): passes(), (exercise, COUNTS): fails("still quadratic"),
                                 (exercise, TIME): SLOW, (exercise, SPEED): SLOW})
@@ -69,8 +89,14 @@ def test_counted_ints_count_comparisons_and_hashes_and_behave_like_ints():
 
 @pytest.mark.parametrize("name", ["vip_orders", "dedupe_events"])
 def test_originals_are_quadratic_and_references_linear_by_count(name):
-    spec = lab09.EXERCISES[name]
-    growth = complexity.count_sweep({"original": spec["original"], "reference": spec["reference"]},
-                                    sizes=lab09.COUNT_SIZES, setup=lambda n: spec["inputs"](n, wrap=complexity.Counted))
+    """The solution notebook's reference and its starter, counted on the inputs the sandbox builds."""
+    spec = grader.load_lab("09")
+    functions = {}
+    for side, answers in (("original", sources.originals(spec)), ("reference", sources.references(spec))):
+        scope: dict = {}
+        exec(answers[name].source, scope)  # course code from solutions/, in the test's own process
+        functions[side] = scope[name]
+    growth = complexity.count_sweep(functions, sizes=lab09.COUNT_SIZES,
+                                    setup=lambda n: drivers.INPUTS[name](n, complexity.Counted))
     assert growth.slopes["original"] == pytest.approx(2.0, abs=0.1)
     assert growth.slopes["reference"] == pytest.approx(1.0, abs=0.1)

@@ -1,5 +1,5 @@
 """Every lab, found from ``solutions/NN_*.ipynb``: its solution passes, its starter fails every exercise
-that needs work (``labtools.STARTER_COMPLETES`` names the few a starter already completes).
+(an untouched starter scores 0: it is not an attempt).
 
 Each is graded once per run (``labtools.graded``): the lab's own test file (``tests/test_labNN.py``)
 reads the same reports for the diagnoses it expects, then grades its slow-but-right and fast-but-wrong
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from labtools import LABS, STARTER_COMPLETES, graded
+from labtools import LABS, graded
 
 
 @pytest.mark.parametrize("lab", LABS)
@@ -23,21 +23,14 @@ def test_the_solution_passes(lab, tiny_data):
 
 
 @pytest.mark.parametrize("lab", LABS)
-def test_the_starter_fails_every_exercise_that_needs_work(lab, tiny_data):
-    """Each exercise that needs work has a failed check and less than its points (a starter that is the
-    right-but-slow original keeps its correctness points); the report says "failed" (exit code 1)."""
+def test_the_starter_scores_zero(lab, tiny_data):
+    """An untouched starter is not an attempt: every exercise scores 0 and the report says "failed"."""
     report = graded(lab, "starter")
     assert report.problem is None and not report.passed and report.exit_code == 1, report.text()
-    complete = STARTER_COMPLETES.get(lab, set())
-    assert complete <= {exercise.name for exercise in report.exercises}, complete
-    for exercise in report.exercises:
-        if exercise.name in complete:
-            assert exercise.score == exercise.max_score, (exercise.name, report.text())
-            continue
-        assert any(check.status == "failed" for check in exercise.checks), (exercise.name, report.text())
-        assert exercise.score < exercise.max_score, (exercise.name, report.text())
+    assert report.score == 0 and all(exercise.score == 0 for exercise in report.exercises), report.text()
+    assert all(check.status == "failed" for check in report.checks), report.text()
     results = json.loads((report.out_dir / "results.json").read_text())
-    assert results["score"] == report.score < results["max_score"] and results["tests"]
+    assert results["score"] == 0 < results["max_score"] and results["tests"]
 
 
 def test_labs_are_found_from_solutions():

@@ -565,7 +565,7 @@ def _load_answers(answers_file: Path) -> tuple[dict[str, Any], dict[str, str]]:
             else:
                 answers[str(name)] = entry.get("value")
         problems = {str(name): str(p["message"]) for name, p in dict(saved.get("problems", {})).items()}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return {}, {}
     return answers, problems
 

@@ -12,6 +12,16 @@ of the orders). The grader creates them in its own copy of the data, then checks
 3. the big tenant's p99 at most ``P99_MULTIPLE`` × the small tenants' p99, measured call by call in
    this run; a noise gate (a primary-key lookup timed alongside must have a tight tail) makes a
    noisy run inconclusive instead of failed.
+
+The answer is a value (DDL text), so no learner code runs at all. Each statement is sent alone, with
+the extended protocol (a ``;``-chained extra is a syntax error), by the submission's own role on its
+own clone (``ctx.dsn``: it owns the course tables of that clone and nothing else), never through an
+admin connection; what it created is read back from the catalogs (an index on another table is
+refused). The reference is the solution notebook's ``TAIL_INDEXES`` (``ctx.sources("reference")``),
+created by the reference role on the reference clone (``ctx.reference_dsn``): the same data, so its
+sizes and rows read compare like with like. Timings are the grader's own, around the course's two
+queries sent by the grader on the submission's clone: nothing the learner wrote is in the timed path
+but the indexes the planner may choose.
 """
 from __future__ import annotations
 
@@ -25,9 +35,9 @@ from perflab.topics.t03_tail_latency.rig import BIG, PAGE_SQL, PENDING_SQL, QUER
 from perflab.grading.grader import Check, CheckResult, Exercise, LabSpec, SubmissionError, learner_code
 
 NAME = "TAIL_INDEXES"
-REFERENCE = ["CREATE INDEX orders_tenant_largest_idx ON orders (customer_id, total)",
-             "CREATE INDEX orders_tenant_pending_idx ON orders (customer_id, created_at) WHERE status = 'pending'"]
 MAX_INDEXES = 2
+MAX_STATEMENTS = 8            # statements the grader builds at all (more is refused before anything runs)
+DDL_SECONDS = 60              # each statement of the answer runs at most this long
 SIZE_ALLOWANCE = 1.5          # total size of the new indexes vs the reference's
 READ_ALLOWANCE = 1.5          # rows read for the big tenant vs the reference's (+ 50)
 P99_MULTIPLE = 3.0            # big tenant's p99 vs small tenants' p99
@@ -41,19 +51,26 @@ _CREATE_INDEX = re.compile(r"^\s*CREATE\s+(UNIQUE\s+)?INDEX\b[^;]*\bON\s+(ONLY\s
                            re.IGNORECASE | re.DOTALL)
 
 
-def _new_indexes(conn, before: set) -> dict:
-    rows = conn.execute("SELECT indexname, pg_relation_size(format('%I', indexname)::regclass) "
-                        "FROM pg_indexes WHERE tablename = 'orders'").fetchall()
-    return {name: size for name, size in rows if name not in before}
+def _indexes(conn) -> dict:
+    """Every index of the clone's public schema: ``{index name: (table, size in bytes)}``."""
+    rows = conn.execute("SELECT c.relname, t.relname, pg_relation_size(c.oid) FROM pg_index i "
+                        "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'").fetchall()
+    return {name: (table, size) for name, table, size in rows}
 
 
 def _apply(conn, ddls: list[str], what: str) -> dict:
-    before = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'orders'")}
+    """Create ``ddls`` as this connection's role, one statement each; ``{new index on orders: size}``."""
+    before = _indexes(conn)
     for ddl in ddls:
         with learner_code(what):
-            conn.execute(ddl)
+            conn.cursor(binary=True).execute(ddl)  # the extended protocol: exactly one statement
+    created = {name: entry for name, entry in _indexes(conn).items() if name not in before}
+    elsewhere = sorted(f"{name} on {table}" for name, (table, _) in created.items() if table != "orders")
+    if elsewhere:
+        raise SubmissionError(f"{what} may only create indexes on orders; it created {', '.join(elsewhere)}")
     conn.execute("VACUUM ANALYZE orders")
-    return _new_indexes(conn, before)
+    return {name: _indexes(conn)[name][1] for name in created}
 
 
 def generic_plan(conn, sql: str, tenant: int) -> probes.Plan:
@@ -74,6 +91,9 @@ def _submitted(ctx) -> list[str]:
         ddls = [ddls]
     if not isinstance(ddls, list) or not all(isinstance(d, str) for d in ddls):
         raise SubmissionError(f"{NAME} should be a list of CREATE INDEX statements (strings)")
+    if len(ddls) > MAX_STATEMENTS:
+        raise SubmissionError(f"{NAME} has {len(ddls)} statements; the budget is {MAX_INDEXES} indexes, so the "
+                              f"grader does not build more than {MAX_STATEMENTS}")
     for ddl in ddls:
         if not _CREATE_INDEX.match(ddl):
             raise SubmissionError(f"{NAME} may only contain single CREATE INDEX … ON orders … statements; "
@@ -81,19 +101,37 @@ def _submitted(ctx) -> list[str]:
     return ddls
 
 
-def _measurements(ctx) -> dict:
-    """Reference sizes and plans, then the submission's (created in the grader's copy), cached."""
-    if "tail" in ctx.scratch:
-        return ctx.scratch["tail"]
-    ddls = _submitted(ctx)
-    with psycopg.connect(ctx.dsn, autocommit=True) as conn:
-        reference = _apply(conn, REFERENCE, "the reference indexes")
+def _reference_measurements(ctx) -> tuple[dict, dict]:
+    """The solution notebook's indexes, created by the reference role on the reference clone."""
+    ddls = ctx.sources("reference").get(NAME)
+    if not isinstance(ddls, list) or not ddls:
+        raise RuntimeError(f"the solution notebook's {NAME} is not a list of CREATE INDEX statements")
+    with psycopg.connect(ctx.reference_dsn, autocommit=True) as conn:
+        try:
+            reference = _apply(conn, ddls, f"the reference {NAME}")
+        except SubmissionError as error:
+            raise RuntimeError(str(error)) from None
         reference_plans = {q: probes.explain(conn, sql, (BIG,)) for q, sql in QUERIES.items()}
-        for name in reference:
-            conn.execute(f'DROP INDEX "{name}"')
-        created = _apply(conn, ddls, NAME)
-        plans = {q: {t: probes.explain(conn, sql, (t,)) for t in (BIG, SMALL[0])} for q, sql in QUERIES.items()}
-        generic = {q: generic_plan(conn, sql, BIG) for q, sql in QUERIES.items()}
+    return reference, reference_plans
+
+
+def _measurements(ctx) -> dict:
+    """Reference sizes and plans, then the submission's (created in its own clone), cached; a broken
+    answer is remembered too (its indexes may be half-made: the next check must not try again)."""
+    if "tail" in ctx.scratch:
+        if isinstance(ctx.scratch["tail"], SubmissionError):
+            raise SubmissionError(str(ctx.scratch["tail"]))
+        return ctx.scratch["tail"]
+    try:
+        ddls = _submitted(ctx)
+        reference, reference_plans = _reference_measurements(ctx)
+        with psycopg.connect(ctx.dsn, autocommit=True, options=f"-c statement_timeout={DDL_SECONDS * 1000}") as conn:
+            created = _apply(conn, ddls, NAME)
+            plans = {q: {t: probes.explain(conn, sql, (t,)) for t in (BIG, SMALL[0])} for q, sql in QUERIES.items()}
+            generic = {q: generic_plan(conn, sql, BIG) for q, sql in QUERIES.items()}
+    except SubmissionError as error:
+        ctx.scratch["tail"] = error
+        raise
     ctx.scratch["tail"] = {"reference": reference, "reference_plans": reference_plans,
                            "created": created, "plans": plans, "generic": generic}
     return ctx.scratch["tail"]

@@ -19,13 +19,21 @@ to park a reader at the worst moment with a ``threading.Event``.
 from __future__ import annotations
 
 import contextlib
+import json
+import pickle
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import msgpack
 import numpy as np
+
+# What a learner's recorded function may use without importing it (the lab says so); the grader
+# re-creates get_dashboard/rename_customer in a scope pre-filled with these (LabSpec.namespace).
+NAMESPACE = {"json": json, "pickle": pickle, "msgpack": msgpack, "time": time, "secrets": secrets,
+             "threading": threading}
 
 # The marker comment survives into the server's log, so probes can count exactly these queries.
 DASHBOARD_SQL = """/* perflab:dashboard */
@@ -78,10 +86,15 @@ class ShopDB:
         return len(keys)
 
     # -- reads --------------------------------------------------------------------------------
+    _dashboard_sql = DASHBOARD_SQL  # a subclass may run it differently (the grader parks a reader in it)
+
+    def _dashboard_params(self, customer_id: int) -> tuple:
+        return (customer_id,)
+
     def dashboard(self, customer_id: int) -> dict:
         """The slow query: a customer's name, tier, and orders/items/revenue per product category."""
         with self.pool.connection() as conn:
-            rows = conn.execute(DASHBOARD_SQL, (customer_id,)).fetchall()
+            rows = conn.execute(self._dashboard_sql, self._dashboard_params(customer_id)).fetchall()
         with self._lock:
             self.queries += 1
         if not rows:

@@ -14,10 +14,11 @@ Two functions that are quadratic in disguise (a lookup in a list inside a loop).
 """
 from __future__ import annotations
 
-import random
+import secrets
 
 from perflab import complexity, harness
-from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, call_submitted
+from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec
+from perflab.topics.t09_structures.drivers import EDGE_CASES
 from perflab.grading.contracts import WrongAnswer, measure_gated
 from perflab.memory import frozen_heap
 
@@ -32,67 +33,26 @@ SWEEP_ATTEMPTS = 3
 CLEARLY_WORSE = 1.6
 
 
-# ------------------------------------------------------------------------------------------------
-# The originals (what the learner starts from) and the reference answers
-# ------------------------------------------------------------------------------------------------
-
-def original_vip_orders(orders, vip_ids):
-    return [order for order in orders if order[1] in vip_ids]
-
-
-def reference_vip_orders(orders, vip_ids):
-    vip = set(vip_ids)
-    return [order for order in orders if order[1] in vip]
-
-
-def original_dedupe_events(events):
-    unique = []
-    for event in events:
-        if event not in unique:
-            unique.append(event)
-    return unique
-
-
-def reference_dedupe_events(events):
-    return list(dict.fromkeys(events))
-
-
-def vip_inputs(n: int, wrap=int):
-    """n orders (id, customer_id, total) over n/2 customers, n/4 of them VIPs (a few listed twice)."""
-    rng = random.Random(9000 + n)
-    customers = max(2, n // 2)
-    orders = [(i, wrap(rng.randrange(1, customers + 1)), round(rng.uniform(5, 500), 2)) for i in range(1, n + 1)]
-    vips = rng.sample(range(1, customers + 1), max(1, customers // 2))
-    vip_ids = [wrap(c) for c in vips + vips[: len(vips) // 20]]
-    return orders, vip_ids
-
-
-def event_inputs(n: int, wrap=int):
-    """n events (user_id, action), about half of them repeats of an earlier one."""
-    rng = random.Random(9100 + n)
-    users = max(1, n // 4)
-    return ([(wrap(rng.randrange(users)), rng.choice(("login", "view"))) for _ in range(n)],)
-
-
-EDGE_CASES = {
-    "vip_orders": [([], []), ([(1, 7, 9.5)], []), ([], [7]), ([(1, 7, 9.5), (2, 8, 1.0), (3, 7, 2.0)], [7, 7]),
-                   ([(1, 3, 1.0), (2, 4, 2.0)], [4, 3, 99])],
-    "dedupe_events": [([],), ([(1, "login")],), ([(1, "login"), (1, "login"), (2, "view"), (1, "login")],),
-                      ([(2, "view"), (1, "view"), (2, "view"), (1, "login")],)],
+DRIVERS = "perflab.topics.t09_structures.drivers"
+HINTS = {
+    "vip_orders": "build a set of the VIP ids once, before the loop, and test membership in it",
+    "dedupe_events": "remember what you have seen in a set (or use dict.fromkeys, which keeps order)",
 }
-
-EXERCISES = {
-    "vip_orders": dict(original=original_vip_orders, reference=reference_vip_orders, inputs=vip_inputs,
-                       speed_n=TIME_SIZES[-1],
-                       hint="build a set of the VIP ids once, before the loop, and test membership in it"),
-    "dedupe_events": dict(original=original_dedupe_events, reference=reference_dedupe_events, inputs=event_inputs,
-                          speed_n=TIME_SIZES[-1],
-                          hint="remember what you have seen in a set (or use dict.fromkeys, which keeps order)"),
-}
+SPEED_N = TIME_SIZES[-1]
+CORRECTNESS_SIZES = (10, 200, 3_000)
 
 
-def _call(fn, *args, timeout=30.0):
-    return call_submitted(fn, *args, timeout=timeout)
+def _seed(ctx) -> int:
+    """A seed drawn once per grading run: inputs no submission can know in advance."""
+    return ctx.scratch.setdefault("seed", 1 + secrets.randbelow(10**6))
+
+
+def _sides(ctx, name: str, driver: str, timeout: float = 30.0) -> dict:
+    """The original, the reference and the submission, each called in its sandbox through ``driver``."""
+    where = f"{DRIVERS}:{driver}"
+    return {"original": ctx.original_function(name, driver=where, timeout=120),
+            "reference": ctx.reference_function(name, driver=where, timeout=timeout),
+            "submission": ctx.function(name, driver=where, timeout=timeout)}
 
 
 def _describe_sizes(sizes) -> str:
@@ -106,16 +66,15 @@ def _describe_sizes(sizes) -> str:
 # ------------------------------------------------------------------------------------------------
 
 def same_results(name: str):
-    spec = EXERCISES[name]
-
     def check(ctx) -> CheckResult:
-        fn = ctx.function(name)
-        cases = [spec["inputs"](n) for n in (10, 200, 3_000)] + EDGE_CASES[name]
-        for args in cases:
-            expected = spec["original"](*args)
-            got = _call(fn, *args)
+        generated = _sides(ctx, name, "result")
+        edges = _sides(ctx, name, "edge_case")
+        cases = [(generated, (name, n, _seed(ctx)), n) for n in CORRECTNESS_SIZES]
+        cases += [(edges, (name, i), len(case[0])) for i, case in enumerate(EDGE_CASES[name])]
+        for sides, args, size in cases:
+            expected = sides["original"](*args)
+            got = sides["submission"](*args)
             if got != expected:
-                size = len(args[0])
                 if isinstance(got, list) and sorted(map(repr, got)) == sorted(map(repr, expected)):
                     why = "the right items in a different order: keep the original order"
                 elif isinstance(got, list):
@@ -128,23 +87,16 @@ def same_results(name: str):
 
 
 def _counts(ctx, name):
+    """Operations counted in the sandbox (a number it reports: the timing checks, measured from outside,
+    are what a faked count cannot pass, and every check is needed to pass the lab)."""
     key = ("counts", name)
     if key not in ctx.scratch:
-        spec = EXERCISES[name]
-        fn = ctx.function(name)
-        counts = []
-        for n in COUNT_SIZES:
-            args = spec["inputs"](n, wrap=complexity.Counted)
-            with complexity.counting() as counted:
-                _call(fn, *args, timeout=60)
-            counts.append(counted.operations)
-        ctx.scratch[key] = counts
+        count = ctx.function(name, driver=f"{DRIVERS}:operations", timeout=60)
+        ctx.scratch[key] = [int(count(name, n, _seed(ctx))) for n in COUNT_SIZES]
     return ctx.scratch[key]
 
 
 def operations_linear(name: str):
-    spec = EXERCISES[name]
-
     def check(ctx) -> CheckResult:
         counts = _counts(ctx, name)
         slope = complexity.fitted_slope(COUNT_SIZES, counts)
@@ -156,16 +108,16 @@ def operations_linear(name: str):
         return CheckResult.fail(
             f"comparisons and hashes grow with slope {slope:.2f} over {sizes} ({table}): still "
             f"{complexity.describe_slope(slope)}; at most {MAX_SLOPE} is linear. Usually something inside the "
-            f"loop scans a whole list. Hint: {spec['hint']}", slope=slope, counts=counts)
+            f"loop scans a whole list. Hint: {HINTS[name]}", slope=slope, counts=counts)
     return check
 
 
 def time_linear(name: str):
-    spec = EXERCISES[name]
-
     def check(ctx) -> CheckResult:
-        fn = ctx.function(name)
-        _call(fn, *spec["inputs"](TIME_SIZES[0]))      # a crash or hang is reported here, not in the sweep
+        sides = _sides(ctx, name, "timed")
+        seed = _seed(ctx)
+        sides["submission"](name, TIME_SIZES[0], seed)      # a crash or hang is reported here, not in the sweep
+        variants = {side: (lambda n, fn=sides[side]: fn(name, n, seed)) for side in ("reference", "submission")}
         # Judged on the best of up to SWEEP_ATTEMPTS sweeps whose linear reference measured linear (the
         # noise gate): a busy machine can bend a linear curve upwards, never a quadratic one down to 1.
         # A clear verdict (linear, cut off by max_ms, or a slope far above the limit) ends it early.
@@ -173,8 +125,7 @@ def time_linear(name: str):
         with frozen_heap():
             for _ in range(SWEEP_ATTEMPTS):
                 try:
-                    attempt = harness.sweep({"reference": spec["reference"], "submission": fn},
-                                            sizes=TIME_SIZES, setup=spec["inputs"], preset="fast",
+                    attempt = harness.sweep(variants, sizes=TIME_SIZES, setup=lambda n: (n,), preset="fast",
                                             max_ms=SWEEP_MAX_MS)
                 except harness.AnswerMismatch:
                     return CheckResult.fail(f"{name} returns different results from the reference, so its "
@@ -197,28 +148,25 @@ def time_linear(name: str):
             return CheckResult.fail(
                 f"time grows with slope {slope:.2f} over {sizes}, and one call took over {SWEEP_MAX_MS} ms by "
                 f"n={measured.skipped['submission']:,} (the reference: slope {reference_slope:.2f}): still "
-                f"{complexity.describe_slope(slope)}. Hint: {spec['hint']}", slope=slope)
+                f"{complexity.describe_slope(slope)}. Hint: {HINTS[name]}", slope=slope)
         if slope <= MAX_SLOPE:
             return CheckResult.ok(f"time grows with slope {slope:.2f} over {sizes} (the reference: "
                                   f"{reference_slope:.2f}): {complexity.describe_slope(slope)}", slope=slope)
         return CheckResult.fail(f"time grows with slope {slope:.2f} over {sizes} (the reference: "
                                 f"{reference_slope:.2f}): still {complexity.describe_slope(slope)}; at most "
-                                f"{MAX_SLOPE} is linear. Hint: {spec['hint']}", slope=slope)
+                                f"{MAX_SLOPE} is linear. Hint: {HINTS[name]}", slope=slope)
     return check
 
 
 def faster_than_original(name: str):
-    spec = EXERCISES[name]
-
     def check(ctx) -> CheckResult:
-        fn = ctx.function(name)
-        n = spec["speed_n"]
-        args = spec["inputs"](n)
-        _call(fn, *args)
+        sides = _sides(ctx, name, "timed")
+        n, seed = SPEED_N, _seed(ctx)
+        sides["submission"](name, n, seed)
         with frozen_heap():
             try:
-                result = measure_gated(lambda: spec["original"](*args), lambda: spec["reference"](*args),
-                                       lambda: fn(*args))
+                result = measure_gated(*(lambda fn=sides[side]: fn(name, n, seed)
+                                         for side in ("original", "reference", "submission")))
             except WrongAnswer:
                 return CheckResult.fail(f"{name} returns different results from the original at n={n:,}, so "
                                         "its speed is not judged (see the correctness check)")
@@ -229,7 +177,7 @@ def faster_than_original(name: str):
             return CheckResult.ok(f"at n={n:,}: {gain.value:,.0f}x faster than the original (the reference: "
                                   f"{reference_gain.value:,.0f}x)", **details)
         return CheckResult.fail(f"at n={n:,}, your {name} against the original: {gain}; at least {MIN_SPEEDUP:g}x "
-                                f"is expected (the reference: {reference_gain.value:,.0f}x). Hint: {spec['hint']}",
+                                f"is expected (the reference: {reference_gain.value:,.0f}x). Hint: {HINTS[name]}",
                                 **details)
     return check
 
@@ -248,6 +196,7 @@ LAB = LabSpec(
     title="Data structures: make it linear",
     solution="09_data_structures.ipynb",
     needs_database=False,
+    namespace=None,
     cell_timeout=120,
     total_timeout=600,
     exercises=[
