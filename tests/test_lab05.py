@@ -134,3 +134,33 @@ def test_connections_opened_at_load_time_and_a_replaced_driver_are_counted(tiny_
               'for _ in range(12)]):\n    """A submission."""\n' + cheat)
     report = grader.grade(submission("05", tmp_path, {lambda cell: cell.startswith("def open_app(dsn):"): source}))
     expect(report, {FEW: fails(), LEAKS: fails()})
+
+
+def test_functions_planted_for_the_graders_superuser_connection_never_run(tiny_data, tmp_path):
+    """The solution, plus traps: on its first call open_app plants functions in the clone's public schema (the
+    role owns it) that an unqualified call on the grader's admin connection (the probe's log reader, the
+    backends query) would pick over the built-ins and run as the superuser; here they only raise."""
+    trap = '''def open_app(dsn, _planted=[]):
+    """A submission."""
+    from psycopg_pool import ConnectionPool
+
+    if not _planted:
+        _planted.append(True)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for signature in ("pg_read_binary_file(text, integer, bigint, boolean) RETURNS bytea",
+                              "pg_stat_file(text) RETURNS record", "pg_terminate_backend(integer) RETURNS boolean",
+                              "pg_current_logfile(text) RETURNS text"):
+                conn.execute(f"CREATE OR REPLACE FUNCTION public.{signature} LANGUAGE plpgsql AS "
+                             "$$ BEGIN RAISE EXCEPTION 'the trap ran as %', current_user; END $$")
+
+    pool = ConnectionPool(dsn, min_size=1, max_size=POOL_SIZE, kwargs={"autocommit": True}, open=True)
+
+    def handle(customer_id):
+        with pool.connection() as conn:
+            return conn.execute(ORDER_SUMMARY_SQL, (customer_id,)).fetchone()
+
+    return handle, pool.close
+'''
+    report = grader.grade(submission("05", tmp_path, {lambda cell: cell.startswith("def open_app(dsn):"): trap}))
+    expect(report, {SAME: passes(), FEW: passes("counted by the server"), LEAKS: passes(), SPEED: TIMED})
+    assert "trap ran" not in report.text(), report.text()

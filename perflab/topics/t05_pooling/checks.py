@@ -9,15 +9,21 @@ Everything that decides a pass is measured from outside the sandbox, by role:
 
 * **answers**: the submission's rows against the original's (sequential requests) and the reference's
   (the 200 concurrent ones);
-* **connections**: the server's log (``log_connections`` for the role) counts every connection the
-  submission opened while the 200 requests ran, and the grader samples ``pg_stat_activity`` for the
-  role's backends (so connections opened earlier, e.g. at load time, count too);
+* **connections**: before the 200 requests the grader ends every backend of the role (connections
+  opened earlier, e.g. by a default argument at load time, are gone); the server's log
+  (``log_connections``, by role) then counts every connection the submission opens, and a grader thread
+  samples ``pg_stat_activity`` for the role's backends open at once;
 * **work done**: the server's log shows one ``orders`` query per request (a cache that answers without
   asking the database is not a pool);
 * **leaks**: every request answered (with a query the server saw), no backend of the role left inside
   a transaction, none left at all after ``close()``;
 * **speed**: requests per second against the original, timed by the grader around each sandbox call
-  (several requests per call, fresh customers each call), at least half of the reference's speed-up.
+  (several requests per call, fresh customers each call; a call ends when its role's closed connections
+  have left the server, so no variant pays for another's teardown), at least half of the reference's
+  speed-up, and the server's log shows a query for every request timed.
+
+The reference and the original come from the solution notebook (``ctx.reference_function`` /
+``ctx.original_function``); the query and ``POOL_SIZE`` a recorded ``open_app`` may use are ``rig.NAMESPACE``.
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ BURST_CUSTOMERS = [1 + (i * 37) % 2000 for i in range(REQUESTS)]  # 200 distinct
 # every call among the burst's customers with a typical number of orders (so every draw is the same work).
 REQUESTS_PER_TIMED_CALL = 3
 TIMED_ORDERS = range(4, 12)
+SETTLE_SECONDS = 0.25  # the most a timed call waits for its closed connections' backends to exit
 REQUEST_TIMEOUT = 10.0  # seconds for one request; a pool's default checkout timeout is 30 s
 BURST_TIMEOUT = 12.0
 CALL_SLACK = 10.0  # the sandbox round trip and process start on top of the requests' own time
@@ -124,18 +131,28 @@ def _reference_answers(ctx) -> dict:
 # What the server sees of the submission's role (the grader's own admin connection)
 # ------------------------------------------------------------------------------------------------
 
+def _admin_dsn(ctx) -> str:
+    """The grader's admin DSN for the submission's clone, with a search_path the submission cannot reach into.
+
+    The role owns the clone's ``public`` schema: a function or operator it plants there with a closer-matching
+    signature (``public.pg_read_binary_file(text, integer, bigint, boolean)``, the probe's log reader, say)
+    would otherwise be chosen over the built-in by an unqualified call on the admin's connection, and run
+    as the superuser."""
+    return stack.with_params(ctx.admin_dsn, options="-c search_path=pg_catalog,pg_temp")
+
+
 _BACKENDS = ("SELECT pid, state FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend' "
              "AND pid <> pg_backend_pid()")
 
 
 def _backends(ctx) -> list[tuple]:
-    with stack.connect(dsn=ctx.admin_dsn) as conn:
+    with stack.connect(dsn=_admin_dsn(ctx)) as conn:
         return conn.execute(_BACKENDS, (ctx.role,)).fetchall()
 
 
 def _end_backends(ctx, timeout: float = 5.0) -> None:
     """End every backend of the submission's role (a clean slate before counting) and wait until gone."""
-    with stack.connect(dsn=ctx.admin_dsn) as conn:
+    with stack.connect(dsn=_admin_dsn(ctx)) as conn:
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (ctx.role,))
     _wait_for_no_backends(ctx, timeout)
 
@@ -160,7 +177,7 @@ class _BackendWatch:
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._conn = stack.connect(dsn=ctx.admin_dsn)
+        self._conn = stack.connect(dsn=_admin_dsn(ctx))
 
     def _run(self) -> None:
         while True:
@@ -192,7 +209,7 @@ def _concurrent_run(ctx) -> dict:
     ctx.sandbox("submission")  # started (and the learner's source loaded) before anything is counted
     _end_backends(ctx)
     run: dict = {"open_error": None, "close_error": None}
-    with probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn) as probe:
+    with probes.count_statements(_admin_dsn(ctx), role=ctx.role, role_dsn=ctx.dsn) as probe:
         with _BackendWatch(ctx) as watch:
             try:
                 _open(ctx, "submission", "burst")
@@ -361,15 +378,17 @@ def faster_than_original(ctx) -> CheckResult:
     draws = iter(range(1, 1 << 30))  # a fresh set of customers for every timed call, of every variant
     wrong_later: list[str] = []
     submitted = {"requests": 0}
+    first = {"original": True, "reference": True, "submission": True}
 
     def timed(side: str):
         remote = _driver(ctx, side, "handle", REQUEST_TIMEOUT * REQUESTS_PER_TIMED_CALL + CALL_SLACK)
 
-        def call(first=[True]):  # noqa: B006 - one flag per variant: its first call is the answer check
-            draw = 0 if first[0] else next(draws)
-            first[0] = False
+        def call():
+            draw = 0 if first[side] else next(draws)  # each side's first call is the harness's answer check
+            first[side] = False
             customers = random.Random(draw).sample(universe, REQUESTS_PER_TIMED_CALL)
             rows = remote(f"{side}/speed", customers)
+            settle(side)
             if side == "submission":
                 submitted["requests"] += len(customers)
             got = [_normalise(r) for r in rows] if isinstance(rows, list) else rows
@@ -383,15 +402,37 @@ def faster_than_original(ctx) -> CheckResult:
         call.__name__ = side
         return call
 
+    # A closed connection's backend exits after the client has gone, on the same two cores: its cost would
+    # land on whichever call is timed next. Each timed call therefore ends once its role has no more
+    # backends than before the timing began (for a pool: at once), so every call pays its own teardown.
+    roles = {"original": ctx.reference_role, "reference": ctx.reference_role, "submission": ctx.role}
+    backends_sql = ("SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend'")
+    baseline: dict[str, int] = {}
+
+    def settle(side: str) -> None:
+        if side not in baseline:
+            return
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while admin.execute(backends_sql, (roles[side],)).fetchone()[0] > baseline[side] and \
+                time.monotonic() < deadline:
+            time.sleep(0.001)
+
     sides = ("original", "reference", "submission")
     opened = []
+    admin = stack.connect(dsn=_admin_dsn(ctx))
     try:
         for side in sides:
             _open(ctx, side, "speed")
             opened.append(side)
         calls = {side: timed(side) for side in sides}
+        for side in sides:
+            calls[side]()  # warm: each pool holds what it will hold while timed
+            first[side] = True
+        for side in sides:
+            baseline[side] = admin.execute(backends_sql, (roles[side],)).fetchone()[0]
+        submitted["requests"] = 0
         noisy = None
-        with probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn) as probe:
+        with probes.count_statements(_admin_dsn(ctx), role=ctx.role, role_dsn=ctx.dsn) as probe:
             try:
                 result = measure_gated(calls["original"], calls["reference"], calls["submission"])
             except WrongAnswer:
@@ -400,6 +441,7 @@ def faster_than_original(ctx) -> CheckResult:
             except Inconclusive as exc:
                 noisy = exc  # the server's count below still judges whether the work happened
     finally:
+        admin.close()
         for side in opened:
             _close(ctx, side, "speed")
     if wrong_later:
