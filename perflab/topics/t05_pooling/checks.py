@@ -46,7 +46,7 @@ CHECK_CUSTOMERS = [1, 2, 3, 17, 250, 1500, 1999, 999_999] + [1 + (i * 97) % 2000
 BURST_CUSTOMERS = [1 + (i * 37) % 2000 for i in range(REQUESTS)]  # 200 distinct customers
 # A timed call sends this many requests (a few ms even through a pool), for customers drawn afresh for
 # every call among the burst's customers with a typical number of orders (so every draw is the same work).
-REQUESTS_PER_TIMED_CALL = 3
+REQUESTS_PER_TIMED_CALL = 8
 TIMED_ORDERS = range(4, 12)
 SETTLE_SECONDS = 0.25  # the most a timed call waits for its closed connections' backends to exit
 REQUEST_TIMEOUT = 10.0  # seconds for one request; a pool's default checkout timeout is 30 s
