@@ -1,7 +1,8 @@
-"""Lab 05's own tables: the starter's reasons, a leaking pool, a pool per request and a wrong answer, each
-failing on the contract it breaks (tests/test_labs.py: the solution passes, the starter fails).
+"""Lab 05's own tables: the starter's reasons, a leaking pool, a pool per request, a wrong answer and a few
+cheats, each failing on the contract it breaks (tests/test_labs.py: the solution passes, the starter fails).
 
-Counters decide (connections the server saw, requests left waiting); the speed check may say
+Counters decide, counted from outside the sandbox by the submission's database role (connections in the
+server's log, backends in pg_stat_activity, orders queries in the log); the speed check may say
 "inconclusive" on a noisy machine, which is not a pass and not a failure.
 """
 from labtools import SLOW, TIMED, expect, fails, graded, passes, submission
@@ -22,12 +23,28 @@ def _grade(tmp_path, body: str):
 
 def test_the_solution_passes_on_counted_checks(tiny_data):
     # On a quiet machine the whole lab passes; on a noisy one the speed check may only be inconclusive.
-    expect(graded("05", "solution"), {SAME: passes(), FEW: passes(), LEAKS: passes(), SPEED: TIMED})
+    expect(graded("05", "solution"), {SAME: passes(), FEW: passes("counted by the server"), LEAKS: passes(),
+                                      SPEED: TIMED})
 
 
-def test_the_starter_fails_on_connections_counted_by_the_server(tiny_data):
-    expect(graded("05", "starter"), {SAME: passes(), FEW: fails("200 connections", "connection per request"),
-                                     SPEED: SLOW})
+def test_the_untouched_starter_scores_zero(tiny_data):
+    report = graded("05", "starter")
+    assert report.score == 0, report.text()
+    expect(report, {SAME: fails("not attempted"), FEW: fails("not attempted"), LEAKS: fails("not attempted"),
+                    SPEED: fails("not attempted")})
+
+
+def test_a_connection_per_request_fails_on_connections_counted_by_the_server(tiny_data, tmp_path):
+    per_request = '''    import psycopg
+
+    def handle(customer_id):
+        with psycopg.connect(dsn) as connection:          # the starter's code, touched
+            return connection.execute(ORDER_SUMMARY_SQL, (customer_id,)).fetchone()
+
+    return handle, lambda: None
+'''
+    expect(_grade(tmp_path, per_request), {SAME: passes(), FEW: fails("200 connections", "connection per request"),
+                                           LEAKS: passes(), SPEED: SLOW})
 
 
 def test_leaking_pool_fails_the_leak_check(tiny_data, tmp_path):
@@ -73,3 +90,77 @@ def test_wrong_answer_fails_correctness(tiny_data, tmp_path):
 '''
     expect(_grade(tmp_path, wrong), {SAME: fails("the original handler returns"), FEW: passes(),
                                      SPEED: fails("not judged")})
+
+
+def test_a_cache_of_every_answer_is_not_a_pool(tiny_data, tmp_path):
+    """One query at start-up, then answers from a dict: one connection, right answers, very fast; the
+    server's log shows no query per request."""
+    cache = '''    from decimal import Decimal
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT customer_id, count(*), coalesce(sum(total), 0) FROM orders "
+                            "GROUP BY customer_id").fetchall()
+    known = {customer: (count, total) for customer, count, total in rows}
+
+    def handle(customer_id):
+        return known.get(customer_id, (0, Decimal(0)))
+
+    return handle, lambda: None
+'''
+    expect(_grade(tmp_path, cache), {SAME: passes(), FEW: fails("orders queries"), LEAKS: fails("query"),
+                                     SPEED: fails()})
+
+
+def test_connections_opened_at_load_time_and_a_replaced_driver_are_counted(tiny_data, tmp_path):
+    """A default argument opens 12 connections when the function is re-created (before anything is counted),
+    and open_app replaces the sandbox's burst driver with one that reports success without a request."""
+    cheat = '''    import sys
+
+    drivers = sys.modules.get("perflab.topics.t05_pooling.drivers")
+    if drivers is not None:
+        def burst(answers, name, customers, threads, timeout):
+            rows = [[1, "1.00"] for _ in customers]
+            return {"answers": rows, "finished": [True] * len(customers), "errors": [], "unfinished": 0}
+        drivers.burst = burst
+    connections = _opened
+    turn = iter(range(10**9))
+
+    def handle(customer_id):
+        return connections[next(turn) % len(connections)].execute(ORDER_SUMMARY_SQL, (customer_id,)).fetchone()
+
+    return handle, lambda: None
+'''
+    source = ('def open_app(dsn, _opened=[psycopg.connect(__import__("os").environ["DATABASE_URL"], autocommit=True) '
+              'for _ in range(12)]):\n    """A submission."""\n' + cheat)
+    report = grader.grade(submission("05", tmp_path, {lambda cell: cell.startswith("def open_app(dsn):"): source}))
+    expect(report, {FEW: fails(), LEAKS: fails()})
+
+
+def test_functions_planted_for_the_graders_superuser_connection_never_run(tiny_data, tmp_path):
+    """The solution, plus traps: on its first call open_app plants functions in the clone's public schema (the
+    role owns it) that an unqualified call on the grader's admin connection (the probe's log reader, the
+    backends query) would pick over the built-ins and run as the superuser; here they only raise."""
+    trap = '''def open_app(dsn, _planted=[]):
+    """A submission."""
+    from psycopg_pool import ConnectionPool
+
+    if not _planted:
+        _planted.append(True)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for signature in ("pg_read_binary_file(text, integer, bigint, boolean) RETURNS bytea",
+                              "pg_stat_file(text) RETURNS record", "pg_terminate_backend(integer) RETURNS boolean",
+                              "pg_current_logfile(text) RETURNS text"):
+                conn.execute(f"CREATE OR REPLACE FUNCTION public.{signature} LANGUAGE plpgsql AS "
+                             "$$ BEGIN RAISE EXCEPTION 'the trap ran as %', current_user; END $$")
+
+    pool = ConnectionPool(dsn, min_size=1, max_size=POOL_SIZE, kwargs={"autocommit": True}, open=True)
+
+    def handle(customer_id):
+        with pool.connection() as conn:
+            return conn.execute(ORDER_SUMMARY_SQL, (customer_id,)).fetchone()
+
+    return handle, pool.close
+'''
+    report = grader.grade(submission("05", tmp_path, {lambda cell: cell.startswith("def open_app(dsn):"): trap}))
+    expect(report, {SAME: passes(), FEW: passes("counted by the server"), LEAKS: passes(), SPEED: TIMED})
+    assert "trap ran" not in report.text(), report.text()

@@ -1,159 +1,282 @@
 """Lab 05 · Connection pooling — the grader's checks.
 
-The learner's ``open_app(dsn) -> (handle, close)`` is re-created from its source in this process and
-driven here. Correctness: the same answers as the original per-request-connection handler.
-Performance contract, valid on any machine: the connections the server itself saw for 200
-concurrent requests (at most ``POOL_SIZE``); no leak (every request finishes, no connection left in a
-transaction, none left open after ``close()``); and requests per second against the original,
-measured in the same run, at least half of the reference's own speed-up.
+No learner code runs here. The learner's ``open_app(dsn) -> (handle, close)`` runs in the submission's
+sandbox, driven by ``drivers.py`` (open the app on the sandbox's own role and clone, send requests from
+8 threads, close it); the reference (the solution notebook's ``open_app``) and the original (the
+starter the lab gives) run the same drivers in the reference sandbox.
+
+Everything that decides a pass is measured from outside the sandbox, by role:
+
+* **answers**: the submission's rows against the original's (sequential requests) and the reference's
+  (the 200 concurrent ones);
+* **connections**: before the 200 requests the grader ends every backend of the role (connections
+  opened earlier, e.g. by a default argument at load time, are gone); the server's log
+  (``log_connections``, by role) then counts every connection the submission opens, and a grader thread
+  samples ``pg_stat_activity`` for the role's backends open at once;
+* **work done**: the server's log shows one ``orders`` query per request (a cache that answers without
+  asking the database is not a pool);
+* **leaks**: every request answered (with a query the server saw), no backend of the role left inside
+  a transaction, none left at all after ``close()``;
+* **speed**: requests per second against the original, timed by the grader around each sandbox call
+  (several requests per call, fresh customers each call; a call ends when its role's closed connections
+  have left the server, so no variant pays for another's teardown), at least half of the reference's
+  speed-up, and the server's log shows a query for every request timed.
+
+The reference and the original come from the solution notebook (``ctx.reference_function`` /
+``ctx.original_function``); the query and ``POOL_SIZE`` a recorded ``open_app`` may use are ``rig.NAMESPACE``.
 """
 from __future__ import annotations
 
-import contextlib
-import gc
+import random
+import re
 import threading
 import time
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
-import psycopg
-
-from perflab import probes
-from perflab.grading.grader import (Check, CheckResult, Exercise, LabSpec, SubmissionError, call_submitted,
-                            learner_code)
+from perflab import probes, stack
 from perflab.grading.contracts import WrongAnswer, measure_gated, speedup_verdict
+from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError
+from perflab.topics.t05_pooling.rig import POOL_SIZE
 
-ORDER_SUMMARY_SQL = "SELECT count(*), coalesce(sum(total), 0) FROM orders WHERE customer_id = %s"
-POOL_SIZE = 4
+DRIVERS = "perflab.topics.t05_pooling.drivers"
 REQUESTS = 200
 THREADS = 8
 # Customers 1 and 2 are the big tenants; the rest spread over quiet and busy ones; 999_999 has none.
 CHECK_CUSTOMERS = [1, 2, 3, 17, 250, 1500, 1999, 999_999] + [1 + (i * 97) % 2000 for i in range(24)]
+BURST_CUSTOMERS = [1 + (i * 37) % 2000 for i in range(REQUESTS)]  # 200 distinct customers
+# A timed call sends this many requests (a few ms even through a pool), for customers drawn afresh for
+# every call among the burst's customers with a typical number of orders (so every draw is the same work).
+REQUESTS_PER_TIMED_CALL = 8
+TIMED_ORDERS = range(4, 12)
+SETTLE_SECONDS = 0.25  # the most a timed call waits for its closed connections' backends to exit
 REQUEST_TIMEOUT = 10.0  # seconds for one request; a pool's default checkout timeout is 30 s
 BURST_TIMEOUT = 12.0
-
-NAMESPACE = {"ORDER_SUMMARY_SQL": ORDER_SUMMARY_SQL, "POOL_SIZE": POOL_SIZE, "psycopg": psycopg}
+CALL_SLACK = 10.0  # the sandbox round trip and process start on top of the requests' own time
+# A statement of the handler's query, as the server logs it (simple or extended protocol).
+ORDERS_QUERY = re.compile(r"\bfrom\s+(?:public\.)?\"?orders\"?\b", re.I)
 
 POOL_HINT = ("create one psycopg_pool.ConnectionPool(dsn, max_size=POOL_SIZE) in open_app, borrow with "
              "`with pool.connection() as conn:` in handle, and close the pool in close()")
 
 
-def original_app(dsn):
-    """The starter: a new connection per request."""
-    def handle(customer_id):
-        with psycopg.connect(dsn) as conn:
-            return conn.execute(ORDER_SUMMARY_SQL, (customer_id,)).fetchone()
+# ------------------------------------------------------------------------------------------------
+# Calling the three sides through the drivers
+# ------------------------------------------------------------------------------------------------
 
-    return handle, lambda: None
+def _driver(ctx, side: str, driver: str, timeout: float):
+    """``open_app`` of ``side`` ("submission", "reference" or "original") through ``drivers.<driver>``."""
+    target = f"{DRIVERS}:{driver}"
+    if side == "submission":
+        return ctx.function("open_app").via(target, timeout)
+    if side == "reference":
+        return ctx.reference_function("open_app").via(target, timeout)
+    return ctx.original_function("open_app").via(target, timeout)
 
 
-def reference_app(dsn):
-    """The simplest correct pool (default settings: a transaction per request)."""
-    from psycopg_pool import ConnectionPool
+# The reference and the original share the reference sandbox's process: an app's name says whose it is.
+def _open(ctx, side: str, name: str) -> None:
+    _driver(ctx, side, "open_app", REQUEST_TIMEOUT + CALL_SLACK)(f"{side}/{name}")
 
-    pool = ConnectionPool(dsn, min_size=1, max_size=POOL_SIZE, open=True)
 
-    def handle(customer_id):
-        with pool.connection() as conn:
-            return conn.execute(ORDER_SUMMARY_SQL, (customer_id,)).fetchone()
+def _handle(ctx, side: str, name: str, customers: list) -> list:
+    return _driver(ctx, side, "handle", REQUEST_TIMEOUT * len(customers) + CALL_SLACK)(f"{side}/{name}",
+                                                                                        list(customers))
 
-    return handle, pool.close
+
+def _close(ctx, side: str, name: str) -> str | None:
+    """Close the app; the learner's failure to close is returned (a check reports it), others raise."""
+    try:
+        _driver(ctx, side, "close_app", REQUEST_TIMEOUT + CALL_SLACK)(f"{side}/{name}")
+    except SubmissionError as exc:
+        if side != "submission":
+            raise
+        return str(exc)
+    return None
 
 
 def _normalise(answer):
-    """(count, total) as plain values: a tuple, a Row or a list all compare alike."""
+    """(count, total) as plain values: a list, a tuple or a Row (all JSON lists by now) compare alike."""
     try:
         count, total = answer
-    except (TypeError, ValueError):
-        raise SubmissionError(f"handle() should return the query's row (orders, total), got {answer!r}") from None
-    return int(count), Decimal(str(total))
+        return int(count), Decimal(str(total))
+    except (TypeError, ValueError, InvalidOperation):
+        raise SubmissionError(f"handle() should return the query's row (orders, total), got {answer!r:.120}") from None
 
 
-def _open(ctx, dsn):
-    open_app = ctx.function("open_app", NAMESPACE)
-    app = call_submitted(open_app, dsn, timeout=REQUEST_TIMEOUT)
-    if not (isinstance(app, (tuple, list)) and len(app) == 2 and all(callable(f) for f in app)):
-        raise SubmissionError(f"open_app(dsn) should return (handle, close), two functions; it returned {app!r}")
-    return app
+def _original_answers(ctx) -> dict:
+    """The original handler's rows for CHECK_CUSTOMERS (the starter, in the reference sandbox)."""
+    if "original answers" not in ctx.scratch:
+        _open(ctx, "original", "answers")
+        try:
+            rows = _handle(ctx, "original", "answers", CHECK_CUSTOMERS)
+        finally:
+            _close(ctx, "original", "answers")
+        ctx.scratch["original answers"] = dict(zip(CHECK_CUSTOMERS, (_normalise(r) for r in rows)))
+    return ctx.scratch["original answers"]
 
 
-def _close(close) -> None:
-    call_submitted(close, timeout=REQUEST_TIMEOUT)
+def _reference_answers(ctx) -> dict:
+    """The reference's rows for every customer of the burst (the solution notebook, in its sandbox)."""
+    if "reference answers" not in ctx.scratch:
+        _open(ctx, "reference", "answers")
+        try:
+            rows = _handle(ctx, "reference", "answers", BURST_CUSTOMERS)
+        finally:
+            _close(ctx, "reference", "answers")
+        ctx.scratch["reference answers"] = dict(zip(BURST_CUSTOMERS, (_normalise(r) for r in rows)))
+    return ctx.scratch["reference answers"]
 
 
-def _burst(handle, customers, threads=THREADS, timeout=BURST_TIMEOUT) -> dict:
-    """Send the requests from `threads` daemon threads; report answers, errors and unfinished ones."""
-    answers: dict[int, object] = {}
-    errors: dict[int, BaseException] = {}
-    next_index = iter(range(len(customers)))
-    lock = threading.Lock()
+# ------------------------------------------------------------------------------------------------
+# What the server sees of the submission's role (the grader's own admin connection)
+# ------------------------------------------------------------------------------------------------
 
-    def worker():
+def _admin_dsn(ctx) -> str:
+    """The grader's admin DSN for the submission's clone, with a search_path the submission cannot reach into.
+
+    The role owns the clone's ``public`` schema: a function or operator it plants there with a closer-matching
+    signature (``public.pg_read_binary_file(text, integer, bigint, boolean)``, the probe's log reader, say)
+    would otherwise be chosen over the built-in by an unqualified call on the admin's connection, and run
+    as the superuser."""
+    return stack.with_params(ctx.admin_dsn, options="-c search_path=pg_catalog,pg_temp")
+
+
+_BACKENDS = ("SELECT pid, state FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend' "
+             "AND pid <> pg_backend_pid()")
+
+
+def _backends(ctx) -> list[tuple]:
+    with stack.connect(dsn=_admin_dsn(ctx)) as conn:
+        return conn.execute(_BACKENDS, (ctx.role,)).fetchall()
+
+
+def _end_backends(ctx, timeout: float = 5.0) -> None:
+    """End every backend of the submission's role (a clean slate before counting) and wait until gone."""
+    with stack.connect(dsn=_admin_dsn(ctx)) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (ctx.role,))
+    _wait_for_no_backends(ctx, timeout)
+
+
+def _wait_for_no_backends(ctx, timeout: float) -> list[tuple]:
+    """The role's backends, polled until there are none or ``timeout`` passes (a closed connection's
+    backend exits asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _backends(ctx)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+class _BackendWatch:
+    """Samples the role's backends in pg_stat_activity from a grader thread: the most alive at once."""
+
+    def __init__(self, ctx, every: float = 0.005) -> None:
+        self.ctx, self.every = ctx, every
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._conn = stack.connect(dsn=_admin_dsn(ctx))
+
+    def _run(self) -> None:
         while True:
-            with lock:
-                i = next(next_index, None)
-            if i is None:
+            count = len(self._conn.execute(_BACKENDS, (self.ctx.role,)).fetchall())
+            self.peak = max(self.peak, count)
+            self.samples += 1
+            if self._stop.wait(self.every):
                 return
-            try:
-                answers[i] = handle(customers[i])
-            except BaseException as exc:  # noqa: BLE001 - reported to the learner
-                errors[i] = exc
 
-    workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
-    started = time.monotonic()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(max(0.0, timeout - (time.monotonic() - started)))
-    unfinished = len(customers) - len(answers) - len(errors)
-    return {"answers": answers, "errors": errors, "unfinished": unfinished,
-            "seconds": time.monotonic() - started}
+    def __enter__(self) -> "_BackendWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._conn.close()
 
 
-def _server_sessions(dsn: str, tag: str) -> list[tuple]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute("SELECT pid, state FROM pg_stat_activity WHERE application_name = %s",
-                            (tag,)).fetchall()
+def _orders_queries(probe) -> int:
+    return sum(1 for statement in probe.statements if ORDERS_QUERY.search(statement.sql))
 
 
 def _concurrent_run(ctx) -> dict:
-    """200 requests from 8 threads through the submission, counted server-side (shared by two checks)."""
+    """200 requests from 8 threads through the submission, counted server-side (shared by three checks)."""
     if "run" in ctx.scratch:
         return ctx.scratch["run"]
-    customers = [1 + (i * 37) % 2000 for i in range(REQUESTS)]
-    with probes.count_statements(ctx.dsn) as probe:
-        handle, close = _open(ctx, probe.dsn)
-        try:
-            burst = _burst(handle, customers)
-            sessions_after_burst = _server_sessions(ctx.dsn, probe.tag)
-        finally:
+    expected = _reference_answers(ctx)
+    ctx.sandbox("submission")  # started (and the learner's source loaded) before anything is counted
+    _end_backends(ctx)
+    run: dict = {"open_error": None, "close_error": None}
+    with probes.count_statements(_admin_dsn(ctx), role=ctx.role, role_dsn=ctx.dsn) as probe:
+        with _BackendWatch(ctx) as watch:
             try:
-                _close(close)
-                close_error = None
+                _open(ctx, "submission", "burst")
             except SubmissionError as exc:
-                close_error = str(exc)
-        time.sleep(0.2)  # a closed connection's backend exits asynchronously
-        sessions_after_close = _server_sessions(ctx.dsn, probe.tag)
-    run = {"burst": burst, "connections": probe.connections, "after_burst": sessions_after_burst,
-           "after_close": sessions_after_close, "close_error": close_error}
+                run["open_error"] = str(exc)
+            if run["open_error"] is None:
+                started = time.monotonic()
+                try:
+                    burst = _driver(ctx, "submission", "burst", BURST_TIMEOUT + CALL_SLACK)(
+                        "submission/burst", BURST_CUSTOMERS, THREADS, BURST_TIMEOUT)
+                    if _well_formed(burst):
+                        run["burst"] = burst
+                    else:
+                        run["burst_error"] = "the sandbox sent back something that is not the driver's report"
+                except SubmissionError as exc:
+                    run["burst_error"] = str(exc)
+                run["seconds"] = time.monotonic() - started
+                run["after_burst"] = _backends(ctx)
+        if run["open_error"] is None:
+            run["close_error"] = _close(ctx, "submission", "burst")
+            run["after_close"] = _wait_for_no_backends(ctx, 2.0)
+    run["connections"] = probe.connections
+    run["queries"] = _orders_queries(probe)
+    run["peak_backends"] = watch.peak
+    burst = run.get("burst")
+    if burst is not None:
+        answers, finished = burst["answers"], burst["finished"]
+        right = wrong = 0
+        first_wrong = None
+        for i, customer in enumerate(BURST_CUSTOMERS):
+            if i < len(finished) and finished[i] and i < len(answers):
+                try:
+                    ok = _normalise(answers[i]) == expected[customer]
+                except SubmissionError:
+                    ok = False
+                if ok:
+                    right += 1
+                else:
+                    wrong += 1
+                    if first_wrong is None:
+                        first_wrong = (customer, answers[i], expected[customer])
+        run.update(right=right, wrong=wrong, first_wrong=first_wrong)
     ctx.scratch["run"] = run
     return run
 
 
-@contextlib.contextmanager
-def frozen_heap():
-    """Timing in the grader's process: the harness runs gc.collect() before every sample, which walks
-    every long-lived object (pandas, SQLAlchemy, nbclient: ~0.1 s a time). Freezing them keeps the
-    collections of each variant's own garbage and makes a speed check take seconds, not half a minute."""
-    gc.freeze()
+def _well_formed(burst) -> bool:
+    """The driver's report has its shape (the learner's code shares the sandbox: it may have replaced it)."""
     try:
-        yield
-    finally:
-        gc.unfreeze()
+        return (isinstance(burst, dict) and len(burst["answers"]) == len(burst["finished"]) == REQUESTS
+                and isinstance(burst["unfinished"], int)
+                and all(isinstance(i, int) and isinstance(m, str) for i, m in burst["errors"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _burst_or_raise(run: dict) -> dict:
+    if run["open_error"]:
+        raise SubmissionError(run["open_error"])
+    if "burst_error" in run:
+        raise SubmissionError(f"sending {REQUESTS} requests from {THREADS} threads failed: {run['burst_error']}")
+    return run["burst"]
 
 
 def _first_error(burst: dict) -> str:
-    index, exc = next(iter(sorted(burst["errors"].items())))
-    return f"request {index + 1} raised {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    index, message = burst["errors"][0]
+    return f"request {index + 1} raised {message}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,41 +284,65 @@ def _first_error(burst: dict) -> str:
 # ------------------------------------------------------------------------------------------------
 
 def same_answers(ctx) -> CheckResult:
-    with psycopg.connect(ctx.dsn) as conn:
-        expected = [_normalise(conn.execute(ORDER_SUMMARY_SQL, (c,)).fetchone()) for c in CHECK_CUSTOMERS]
-    handle, close = _open(ctx, ctx.dsn)
+    expected = _original_answers(ctx)
+    _open(ctx, "submission", "answers")
     try:
-        for customer, want in zip(CHECK_CUSTOMERS, expected):
-            got = _normalise(call_submitted(handle, customer, timeout=REQUEST_TIMEOUT))
-            if got != want:
-                return CheckResult.fail(
-                    f"handle({customer}) returned {got}, the original handler returns {want}: keep the "
-                    "query and its parameter exactly as they were; only where the connection comes from "
-                    "should change")
+        rows = _handle(ctx, "submission", "answers", CHECK_CUSTOMERS)
     finally:
-        _close(close)
-    return CheckResult.ok(f"the same answers as the original for {len(CHECK_CUSTOMERS)} customers")
+        close_error = _close(ctx, "submission", "answers")
+    if not isinstance(rows, list) or len(rows) != len(CHECK_CUSTOMERS):
+        raise SubmissionError(f"handle() answered {rows!r:.120} for {len(CHECK_CUSTOMERS)} requests")
+    for customer, row in zip(CHECK_CUSTOMERS, rows):
+        got, want = _normalise(row), expected[customer]
+        if got != want:
+            return CheckResult.fail(
+                f"handle({customer}) returned {got}, the original handler returns {want}: keep the "
+                "query and its parameter exactly as they were; only where the connection comes from "
+                "should change")
+    run = _concurrent_run(ctx)
+    if run.get("wrong"):
+        customer, got, want = run["first_wrong"]
+        return CheckResult.fail(
+            f"with {THREADS} threads at once, {run['wrong']} of {REQUESTS} answers were wrong (handle({customer}) "
+            f"returned {got!r:.80}, expected {want}): a connection must serve one request at a time; borrow "
+            "one per request from the pool")
+    if close_error:
+        return CheckResult.fail(f"the answers are right, but close() failed: {close_error}")
+    return CheckResult.ok(f"the same answers as the original for {len(CHECK_CUSTOMERS)} customers, and as the "
+                          f"reference for {run.get('right', 0)} concurrent requests")
 
 
 def few_connections(ctx) -> CheckResult:
     run = _concurrent_run(ctx)
-    burst, opened = run["burst"], run["connections"]
-    if burst["errors"] and len(burst["errors"]) == REQUESTS:
-        raise SubmissionError(f"every request failed: {_first_error(burst)}")
+    burst = _burst_or_raise(run)
+    opened, peak, queries = run["connections"], run["peak_backends"], run["queries"]
+    counted = dict(connections=opened, peak_backends=peak, queries=queries)
+    if run["right"] == 0:
+        if burst["errors"]:
+            raise SubmissionError(f"no request got its answer: {_first_error(burst)}")
+        raise SubmissionError(f"none of the {REQUESTS} requests got its answer within {BURST_TIMEOUT:.0f} s")
     if opened > POOL_SIZE:
         return CheckResult.fail(
             f"the server saw {opened} connections for {REQUESTS} requests from {THREADS} threads; a pool of "
             f"POOL_SIZE = {POOL_SIZE} opens at most {POOL_SIZE} and lends them again and again. "
             + ("It looks like a connection per request: " if opened >= REQUESTS * 0.9 else
-               "Is the pool bigger than POOL_SIZE, or created more than once? ") + POOL_HINT,
-            connections=opened)
-    return CheckResult.ok(f"{opened} connection(s) for {REQUESTS} requests from {THREADS} threads "
-                          f"(at most {POOL_SIZE})", connections=opened)
+               "Is the pool bigger than POOL_SIZE, or created more than once? ") + POOL_HINT, **counted)
+    if peak > POOL_SIZE:
+        return CheckResult.fail(
+            f"the server had {peak} connections of yours open at once while the requests ran (at most "
+            f"POOL_SIZE = {POOL_SIZE} allowed): connections opened before the requests count too. " + POOL_HINT,
+            **counted)
+    if queries < run["right"]:
+        return CheckResult.fail(
+            f"{run['right']} requests were answered but the server ran only {queries} orders queries: each "
+            "request must ask the database (a cache of answers is not a pool)", **counted)
+    return CheckResult.ok(f"{opened} connection(s) opened, at most {peak} open at once, for {REQUESTS} requests "
+                          f"from {THREADS} threads (at most {POOL_SIZE}), counted by the server", **counted)
 
 
 def no_leaks(ctx) -> CheckResult:
     run = _concurrent_run(ctx)
-    burst = run["burst"]
+    burst = _burst_or_raise(run)
     if burst["unfinished"]:
         return CheckResult.fail(
             f"{burst['unfinished']} of {REQUESTS} requests were still waiting after {BURST_TIMEOUT:.0f} s: "
@@ -204,6 +351,11 @@ def no_leaks(ctx) -> CheckResult:
     if burst["errors"]:
         return CheckResult.fail(f"{len(burst['errors'])} of {REQUESTS} requests failed; {_first_error(burst)}. "
                                 "A PoolTimeout means requests waited for connections that were never returned")
+    answered = run["right"] + run["wrong"]
+    if answered < REQUESTS or run["queries"] < REQUESTS:
+        return CheckResult.fail(
+            f"of {REQUESTS} requests, {answered} came back with an answer and the server ran {run['queries']} "
+            "orders queries: every request must be answered by a query")
     stuck = [state for _, state in run["after_burst"] if state not in ("idle", None)]
     if stuck:
         return CheckResult.fail(
@@ -216,30 +368,93 @@ def no_leaks(ctx) -> CheckResult:
         return CheckResult.fail(
             f"after close(), {len(run['after_close'])} connection(s) were still open on the server: "
             "close() must close the pool (pool.close(), or engine.dispose())")
-    return CheckResult.ok(f"all {REQUESTS} requests finished in {burst['seconds']:.1f} s; no open "
-                          "transaction left behind; no connection left open after close()")
+    return CheckResult.ok(f"all {REQUESTS} requests answered in {run['seconds']:.1f} s, each by a query the server "
+                          "ran; no open transaction left behind; no connection left open after close()")
 
 
 def faster_than_original(ctx) -> CheckResult:
-    customer = 2  # a busy customer: the query does real work, as a request would
-    apps = {"original": original_app(ctx.dsn), "reference": reference_app(ctx.dsn)}
-    apps["submission"] = _open(ctx, ctx.dsn)
+    expected = _reference_answers(ctx)
+    universe = [c for c in BURST_CUSTOMERS if expected[c][0] in TIMED_ORDERS]
+    draws = iter(range(1, 1 << 30))  # a fresh set of customers for every timed call, of every variant
+    wrong_later: list[str] = []
+    submitted = {"requests": 0}
+    first = {"original": True, "reference": True, "submission": True}
+
+    def timed(side: str):
+        remote = _driver(ctx, side, "handle", REQUEST_TIMEOUT * REQUESTS_PER_TIMED_CALL + CALL_SLACK)
+
+        def call():
+            draw = 0 if first[side] else next(draws)  # each side's first call is the harness's answer check
+            first[side] = False
+            customers = random.Random(draw).sample(universe, REQUESTS_PER_TIMED_CALL)
+            rows = remote(f"{side}/speed", customers)
+            settle(side)
+            if side == "submission":
+                submitted["requests"] += len(customers)
+            got = [_normalise(r) for r in rows] if isinstance(rows, list) else rows
+            want = [expected[c] for c in customers]
+            if got == want:
+                return True
+            if draw:
+                wrong_later.append(f"{side} answered {got!r:.100} for customers {customers}")
+            return f"{got!r:.200} for customers {customers}"
+
+        call.__name__ = side
+        return call
+
+    # A closed connection's backend exits after the client has gone, on the same two cores: its cost would
+    # land on whichever call is timed next. Each timed call therefore ends once its role has no more
+    # backends than before the timing began (for a pool: at once), so every call pays its own teardown.
+    roles = {"original": ctx.reference_role, "reference": ctx.reference_role, "submission": ctx.role}
+    backends_sql = ("SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend'")
+    baseline: dict[str, int] = {}
+
+    def settle(side: str) -> None:
+        if side not in baseline:
+            return
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while admin.execute(backends_sql, (roles[side],)).fetchone()[0] > baseline[side] and \
+                time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    sides = ("original", "reference", "submission")
+    opened = []
+    admin = stack.connect(dsn=_admin_dsn(ctx))
     try:
-        with learner_code("handle"):
-            call_submitted(apps["submission"][0], customer, timeout=REQUEST_TIMEOUT)
-        calls = {name: (lambda h=app[0]: _normalise(h(customer))) for name, app in apps.items()}
-        try:
-            with frozen_heap():
+        for side in sides:
+            _open(ctx, side, "speed")
+            opened.append(side)
+        calls = {side: timed(side) for side in sides}
+        for side in sides:
+            calls[side]()  # warm: each pool holds what it will hold while timed
+            first[side] = True
+        for side in sides:
+            baseline[side] = admin.execute(backends_sql, (roles[side],)).fetchone()[0]
+        submitted["requests"] = 0
+        noisy = None
+        with probes.count_statements(_admin_dsn(ctx), role=ctx.role, role_dsn=ctx.dsn) as probe:
+            try:
                 result = measure_gated(calls["original"], calls["reference"], calls["submission"])
-        except WrongAnswer:
-            return CheckResult.fail("handle() returns a different answer from the original, so its speed is "
-                                    "not judged (see the correctness check)")
+            except WrongAnswer:
+                return CheckResult.fail("handle() returns a different answer from the original, so its speed is "
+                                        "not judged (see the correctness check)")
+            except Inconclusive as exc:
+                noisy = exc  # the server's count below still judges whether the work happened
     finally:
-        for name, (_, close) in apps.items():
-            if name == "submission":
-                _close(close)
-            else:
-                close()
+        admin.close()
+        for side in opened:
+            _close(ctx, side, "speed")
+    if wrong_later:
+        return CheckResult.fail(f"while being timed, a wrong answer came back ({wrong_later[0]}): its speed is "
+                                "not judged")
+    queries = _orders_queries(probe)
+    if queries < submitted["requests"]:
+        return CheckResult.fail(
+            f"while being timed, handle() answered {submitted['requests']} requests but the server ran only "
+            f"{queries} orders queries: a faster answer that skips the database is not what is timed here; "
+            "each request must run its query", queries=queries, requests=submitted["requests"])
+    if noisy is not None:
+        raise noisy
     return speedup_verdict(result, "requests per second", "Borrowing from an open pool should cost "
                            "microseconds; opening a connection costs milliseconds. " + POOL_HINT)
 
@@ -250,6 +465,7 @@ LAB = LabSpec(
     solution="05_connection_pooling.ipynb",
     cell_timeout=120,
     total_timeout=600,
+    namespace="perflab.topics.t05_pooling.rig:NAMESPACE",
     exercises=[
         Exercise("pool", "Borrow, don't connect", None, ["open_app"], [
             Check("the same answers as the original", same_answers, 2),
