@@ -69,6 +69,10 @@ CASES = [
         def dedupe(items, _=open({str(TARGETS[0])!r}, "w") if False else __import__("os").system("touch {TARGETS[1]}")):
             return list(items)
     """),
+    ("os._exit while the function is re-created", "source", """
+        def dedupe(items, _=__import__("os")._exit(0) if __name__ == "submission" else None):
+            return list(items)
+    """),
     ("a decorator with a side effect", "source", f"""
         def sneaky(fn):
             import subprocess
@@ -250,6 +254,7 @@ def test_a_hostile_submission_gains_nothing_and_damages_nothing(case, where, cod
     report = grader.grade(_notebook(tmp_path, case, where, code), DEMO, out_dir=tmp_path / "out")
     dedupe = next(exercise for exercise in report.exercises if exercise.name == "dedupe") if report.exercises else None
     assert not report.passed, report.text()
+    assert not [c for c in report.checks if c.status == "error"], report.text()  # the learner's, not a grader bug
     assert dedupe is None or dedupe.score < dedupe.max_score, report.text()
     # Nothing damaged, nothing left behind.
     assert not [t for t in TARGETS if t.exists()], report.text()

@@ -366,8 +366,13 @@ class GradingContext:
             box = self._resources.enter_context(Sandbox.start(name, self.limits, entry["env"]))
             self.mode = box.mode
             if name == "submission":
+                from perflab.grading.sandbox import SandboxError
+
                 functions = {k: v for k, v in self.answers.items() if isinstance(v, RecordedFunction)}
-                problems = box.load("submission", functions, namespace=self.lab.namespace)
+                try:
+                    problems = box.load("submission", functions, namespace=self.lab.namespace)
+                except SandboxError as exc:  # e.g. os._exit in a default argument: the learner's doing
+                    raise SubmissionError(f"re-creating your functions stopped their process: {exc}") from None
                 for answer, problem in problems.items():
                     self.answer_errors.setdefault(answer, problem)
             else:
