@@ -56,6 +56,8 @@ def measurements(results: list[dict]) -> list[dict]:
     rows = []
     for entry in results:
         result = entry.get("result") or {}
+        if isinstance(result, dict) and isinstance(result.get("details"), dict):
+            result = {**result["details"], **{k: v for k, v in result.items() if k != "details"}}
         claims = entry.get("claims") or []
         claim = claims[0] if claims else {}
         key = f"{entry.get('topic')} / {claim.get('claim') or entry.get('name')}"

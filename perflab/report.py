@@ -219,6 +219,8 @@ def record(
     }
     for claim in claims or ():
         record_claim(topic, dict(claim))
+    if claims:
+        entry["claims"] = [_jsonable(dict(claim), "claim", lenient=True) for claim in claims]
     return _write_json(Path(paths.RESULTS_DIR) / f"{_slug(topic)}__{_slug(name)}.json", entry)
 
 
