@@ -38,7 +38,8 @@ if TYPE_CHECKING:  # the harness imports plots lazily (res.plot()); plots never 
     from perflab.harness import Comparison, Sweep
 
 __all__ = ["style", "bars", "scaling", "save", "variant_colors", "COURSE_STYLE",
-           "latency_distribution", "memory_bars", "waterfall", "profile_bars"]
+           "latency_distribution", "memory_bars", "waterfall", "profile_bars",
+           "format_seconds_tick", "seconds_axis", "request_timelines", "against_ideal"]
 
 BASELINE_COLOR = "#D55E00"  # vermillion: the baseline, usually the version being fixed
 OTHER_COLORS = ("#0072B2", "#009E73", "#56B4E9", "#CC79A7", "#000000", "#999999")
@@ -115,7 +116,7 @@ def _new_axes(ax: Axes | None, width: float, height: float) -> tuple[Figure, Axe
     return figure, figure.add_subplot()
 
 
-def _format_tick(seconds: float, _position=None) -> str:
+def format_seconds_tick(seconds: float, _position=None) -> str:
     """Tick labels are round numbers: "10 ms", "2.5 µs" (values on bars keep three digits)."""
     if seconds <= 0:
         return "0"
@@ -123,8 +124,13 @@ def _format_tick(seconds: float, _position=None) -> str:
     return f"{round(seconds / size, 6):g} {unit}"
 
 
-def _seconds_axis(axis) -> None:
-    axis.set_major_formatter(FuncFormatter(_format_tick))
+def seconds_axis(axis) -> None:
+    """Label an axis whose values are seconds in round units: ``plots.seconds_axis(ax.yaxis)``."""
+    axis.set_major_formatter(FuncFormatter(format_seconds_tick))
+
+
+_format_tick = format_seconds_tick  # the old private names, kept working
+_seconds_axis = seconds_axis
 
 
 def _wrap(text: str, width: int) -> str:
@@ -169,7 +175,7 @@ def bars(comparison: Comparison, ax: Axes | None = None, title: str | None = Non
             ax.set_xlim(start, highs.max() * 6)   # room on the right for the value labels
         else:
             ax.set_xlim(0, highs.max() * 1.28)
-        _seconds_axis(ax.xaxis)
+        seconds_axis(ax.xaxis)
         for row, median, high in zip(rows, medians, highs):
             ax.annotate(format_seconds(median), (high, row), xytext=(6, 0), textcoords="offset points",
                         va="center", ha="left", fontsize=10, color=INK, zorder=4)
@@ -239,7 +245,7 @@ def scaling(sweep: Sweep, ax: Axes | None = None, title: str | None = None,
             first = summary[summary.n == summary.n.min()]
             _reference_slopes(ax, summary.n.min(), summary.n.max(), first.median_ms.max() / 1e3,
                               summary.ci_low_ms.min() / 1e3, summary.ci_high_ms.max() / 1e3)
-        _seconds_axis(ax.yaxis)
+        seconds_axis(ax.yaxis)
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
         if "hour" in xlabel.lower() and not summary.empty:
@@ -350,6 +356,100 @@ def save(fig: Figure, name: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
+# Fan-outs against their ideal (topic 06)
+# --------------------------------------------------------------------------------------------------
+
+def request_timelines(intervals: dict, titles: dict | None = None, suptitle: str | None = None,
+                      save: str | bool | None = None) -> Figure:
+    """One panel per variant, one line per request from its start to its end on the server.
+
+    ``intervals``: ``{variant: [(start_s, end_s), ...]}`` (any clock; each panel starts at its first
+    request); ``titles``: a panel title per variant (default: the variant). The first variant is the
+    baseline colour; every panel shares the x axis, so staircases and columns compare at a glance.
+    """
+    labels = list(intervals)
+    colors = variant_colors(labels)
+    ordered = {label: sorted(intervals[label]) for label in labels}
+    longest = max(end - spans[0][0] for spans in ordered.values() for _, end in spans)
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure = CourseFigure(figsize=(9, 1.2 + 1.35 * len(labels)), layout="constrained")
+        axes = np.atleast_1d(figure.subplots(len(labels), 1, sharex=True))
+        for ax, label in zip(axes, labels):
+            spans = ordered[label]
+            first = spans[0][0]
+            for row, (start, end) in enumerate(spans):
+                ax.plot([(start - first) * 1e3, (end - first) * 1e3], [row, row], color=colors[label], lw=2.2,
+                        solid_capstyle="butt")
+            ax.set_ylim(len(spans), -1)
+            ax.set_yticks([])
+            ax.set_ylabel("request", fontsize=9)
+            ax.set_title((titles or {}).get(label, label), fontsize=10.5)
+            ax.grid(axis="y", visible=False)
+        axes[-1].set_xlim(0, longest * 1e3 * 1.02)
+        axes[-1].set_xlabel("ms since the first request reached the server")
+        if suptitle:
+            figure.suptitle(suptitle, fontsize=10, color=MUTED)
+    _maybe_save(figure, save, suptitle or "request timelines")
+    return figure
+
+
+# Variants that coincide (two bounded fan-outs) stay visible: later ones thinner, with other markers.
+_IDEAL_STYLES = [("o", 7, 2.6), ("s", 6, 2.2), ("D", 6, 2.2), ("o", 3.5, 1.2), ("^", 3.5, 1.0), ("v", 3.5, 1.0)]
+
+
+def against_ideal(table, x: str, xlabel: str, title: str, ideal_label: str, baseline: str | None = None,
+                  label_shares: bool = False, note: str | None = None, save: str | bool | None = None) -> Figure:
+    """Left: median wall time (solid) against its ideal (dashed) per variant; right: the server's max in flight.
+
+    ``table`` has one row per variant and ``x`` value, with columns ``variant``, ``x``, ``median ms``,
+    ``ideal ms``, ``max in flight (server)`` and, for ``label_shares``, ``share of ideal`` (each
+    point labelled with it). Both axes are log-log; ``note`` goes under the figure as its suptitle.
+    """
+    labels = list(dict.fromkeys(table.variant))
+    colors = variant_colors(labels, baseline=baseline)  # a baseline not among the labels: all cool colours
+    styles = dict(zip(labels, _IDEAL_STYLES * (1 + len(labels) // len(_IDEAL_STYLES))))
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure = CourseFigure(figsize=(11, 4.4), layout="constrained")
+        left, right = figure.subplots(1, 2)
+        for label in labels:
+            rows = table[table.variant == label]
+            marker, size, width = styles[label]
+            left.plot(rows[x], rows["median ms"] / 1e3, marker=marker, markersize=size, lw=width,
+                      color=colors[label], label=label, zorder=3)
+            left.plot(rows[x], rows["ideal ms"] / 1e3, ls=(0, (4, 3)), lw=1.3, color=colors[label], alpha=0.8,
+                      zorder=2)
+            right.plot(rows[x], rows["max in flight (server)"], marker=marker, markersize=size, lw=width,
+                       color=colors[label], label=label, zorder=3)
+            if label_shares:
+                for _, row in rows.iterrows():
+                    left.annotate(f"{row['share of ideal']:.0%} of ideal", (row[x], row["median ms"] / 1e3),
+                                  xytext=(6, 4), textcoords="offset points", fontsize=8.5, color=colors[label])
+        left.plot([], [], ls=(0, (4, 3)), lw=1.3, color=MUTED, label=ideal_label)  # legend entry only
+        xs = np.array(sorted(set(table[x])), float)
+        right.plot(xs, xs, color="#bbbbbb", lw=1, ls=":", zorder=1, label=f"max in flight = {x}")
+        for ax in (left, right):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(xlabel)
+        seconds_axis(left.yaxis)
+        left.set_ylabel("wall time, median (log)")
+        left.set_title(title)
+        left.legend(loc="best", fontsize=8.5)
+        right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        right.set_ylabel("requests in flight at once, max (server's count)")
+        right.set_title("What the server saw")
+        right.legend(loc="upper left", fontsize=8.5)
+        if note:
+            figure.suptitle(note, fontsize=9, color=MUTED)
+    _maybe_save(figure, save, title)
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------
 # Memory and step-by-step savings (topics 09 and 10)
 # --------------------------------------------------------------------------------------------------
 
@@ -446,7 +546,7 @@ def waterfall(steps, ax: Axes | None = None, title: str | None = None, save: str
         ax.set_xticks(x, [_wrap(label, 14) for label in labels] + ["after all fixes"], fontsize=8.5)
         ax.set_ylim(0, values.max() * 1.25)
         if unit == "seconds":
-            _seconds_axis(ax.yaxis)
+            seconds_axis(ax.yaxis)
         else:
             ax.yaxis.set_major_formatter(FuncFormatter(_format_bytes_tick))
         ax.grid(axis="x", visible=False)
@@ -490,7 +590,7 @@ def latency_distribution(latencies, ax: Axes | None = None, title: str | None = 
         for p in percentiles:
             ax.axhline(p / 100, color="#bbbbbb", linewidth=0.8, linestyle=(0, (3, 3)), zorder=1)
         ax.set_xscale("log")
-        _seconds_axis(ax.xaxis)
+        seconds_axis(ax.xaxis)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("share of calls at most this slow")
@@ -532,7 +632,7 @@ def profile_bars(table, ax: Axes | None = None, title: str | None = None, save: 
         ax.tick_params(axis="y", length=0)
         ax.set_ylim(len(labels) - 0.5, -0.5)
         ax.set_xlim(0, cumulative.max() * 1.45 if len(cumulative) else 1)
-        _seconds_axis(ax.xaxis)
+        seconds_axis(ax.xaxis)
         ax.grid(axis="y", visible=False)
         ax.spines["left"].set_visible(False)
         ax.legend(loc="lower right")

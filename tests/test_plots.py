@@ -135,3 +135,49 @@ def test_variant_colors_make_the_baseline_warm_and_the_rest_distinct():
     assert len(set(colors.values())) == 3
     many = plots.variant_colors([f"v{i}" for i in range(12)])
     assert list(many.values()).count(plots.BASELINE_COLOR) == 1
+
+
+def test_public_tick_helpers_label_seconds_in_round_units():
+    assert plots.format_seconds_tick(0.02) == "20 ms"
+    assert plots.format_seconds_tick(1.5) == "1.5 s"
+    assert plots.format_seconds_tick(0) == "0"
+    figure = Figure()
+    ax = figure.add_subplot()
+    plots.seconds_axis(ax.yaxis)
+    assert ax.yaxis.get_major_formatter()(0.0025) == "2.5 ms"
+    # the old private names keep working for code written against them
+    assert plots._format_tick is plots.format_seconds_tick and plots._seconds_axis is plots.seconds_axis
+
+
+def test_request_timelines_draw_one_line_per_request_per_variant(figures_dir):
+    spans = {"await in a loop": [(1.00, 1.01), (1.01, 1.02), (1.02, 1.03)],
+             "asyncio.gather": [(5.000, 5.010), (5.001, 5.011), (5.001, 5.012)]}
+    figure = plots.request_timelines(spans, titles={"asyncio.gather": "gather: 12 ms"}, suptitle="3 calls",
+                                     save="timelines")
+    assert len(figure.axes) == 2
+    assert [len(ax.lines) for ax in figure.axes] == [3, 3]
+    text = all_text(figure)
+    assert "await in a loop" in text and "gather: 12 ms" in text and "3 calls" in text
+    # each panel starts at its own first request, in ms: the loop's staircase ends at 30 ms
+    assert max(max(line.get_xdata()) for line in figure.axes[0].lines) == pytest.approx(30)
+    assert (figures_dir / "timelines.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_against_ideal_draws_measured_ideal_and_the_server_count(figures_dir):
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"variant": v, "N": n, "median ms": ms, "ideal ms": ideal, "share of ideal": ideal / ms,
+         "max in flight (server)": flight}
+        for v, rows in (("loop", [(1, 11, 10, 1), (10, 105, 100, 1)]),
+                        ("gather", [(1, 11, 10, 1), (10, 14, 10, 10)]))
+        for n, ms, ideal, flight in rows])
+    figure = plots.against_ideal(table, "N", "N (log)", "Wall time vs N", "ideal", baseline="loop",
+                                 label_shares=True, note="10 ms per request", save=True)
+    left, right = figure.axes
+    assert left.get_xscale() == right.get_xscale() == "log"
+    text = all_text(figure)
+    assert "Wall time vs N" in text and "What the server saw" in text and "10 ms per request" in text
+    assert "71% of ideal" in text  # 10 / 14
+    assert left.lines[0].get_color().lower() == plots.BASELINE_COLOR.lower()
+    assert (figures_dir / "wall-time-vs-n.png").exists()
