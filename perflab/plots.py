@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # the harness imports plots lazily (res.plot()); plots never 
 
 __all__ = ["style", "bars", "scaling", "save", "variant_colors", "COURSE_STYLE",
            "latency_distribution", "memory_bars", "waterfall", "profile_bars",
-           "format_seconds_tick", "seconds_axis", "request_timelines", "against_ideal"]
+           "format_seconds_tick", "seconds_axis", "request_timelines", "against_ideal", "pool_sweep"]
 
 BASELINE_COLOR = "#D55E00"  # vermillion: the baseline, usually the version being fixed
 OTHER_COLORS = ("#0072B2", "#009E73", "#56B4E9", "#CC79A7", "#000000", "#999999")
@@ -446,6 +446,55 @@ def against_ideal(table, x: str, xlabel: str, title: str, ideal_label: str, base
         if note:
             figure.suptitle(note, fontsize=9, color=MUTED)
     _maybe_save(figure, save, title)
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------
+# Pool size sweep (topic 05)
+# --------------------------------------------------------------------------------------------------
+
+def pool_sweep(saturation: dict, steady: dict, knee: int, rule: int, rate: float, note: str | None = None,
+               save: str | bool | None = None) -> Figure:
+    """Left: throughput at saturation vs pool size; right: p99 and p50 at a fixed rate. Both log2 in x.
+
+    ``saturation`` and ``steady``: ``{pool size: {"throughput"/"p99_ms"/"p50_ms": median of runs,
+    "<key>_low": min, "<key>_high": max}}`` (whiskers min–max). ``knee`` (dashed) and ``rule``
+    (dotted, the article's (cores × 2) + spindles) are marked on both panels.
+    """
+    sizes = np.array(sorted(saturation))
+
+    def whiskers(results, key):  # median with min-max of the runs
+        values = np.array([results[s][key] for s in sizes])
+        return values, [values - [results[s][f"{key}_low"] for s in sizes],
+                        [results[s][f"{key}_high"] for s in sizes] - values]
+
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure = CourseFigure(figsize=(10, 4.2), layout="constrained")
+        left, right = figure.subplots(1, 2)
+        values, spread = whiskers(saturation, "throughput")
+        left.errorbar(sizes, values, yerr=spread, marker="o", lw=2, color=OTHER_COLORS[0], capsize=3)
+        left.set_ylabel("requests per second (saturated)")
+        left.set_title("Throughput vs pool size")
+        values, spread = whiskers(steady, "p99_ms")
+        right.errorbar(sizes, values, yerr=spread, marker="o", lw=2, color=BASELINE_COLOR, label="p99", capsize=3)
+        right.plot(sizes, [steady[s]["p50_ms"] for s in sizes], marker="o", lw=1.5, color=OTHER_COLORS[1],
+                   label="p50")
+        right.set_yscale("log")
+        right.set_ylabel(f"latency at {rate:.0f} req/s, ms (log)")
+        right.set_title("Latency vs pool size")
+        right.legend()
+        for ax in (left, right):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sizes, [str(s) for s in sizes])
+            ax.set_xlabel("pool size (connections)")
+            ax.axvline(knee, color=INK, ls="--", lw=1)
+            ax.axvline(rule, color="#999999", ls=":", lw=1.5)
+            ax.annotate(f" knee: {knee}", (knee, 0.96), xycoords=("data", "axes fraction"), fontsize=9)
+            ax.annotate(f" (cores × 2) + 1 = {rule}", (rule, 0.88), xycoords=("data", "axes fraction"),
+                        fontsize=9, color=MUTED)
+        if note:
+            figure.suptitle(note, fontsize=10, color=MUTED)
+    _maybe_save(figure, save, "pool size sweep")
     return figure
 
 

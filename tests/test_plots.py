@@ -181,3 +181,18 @@ def test_against_ideal_draws_measured_ideal_and_the_server_count(figures_dir):
     assert "71% of ideal" in text  # 10 / 14
     assert left.lines[0].get_color().lower() == plots.BASELINE_COLOR.lower()
     assert (figures_dir / "wall-time-vs-n.png").exists()
+
+
+def test_pool_sweep_marks_the_knee_and_the_rule(figures_dir):
+    def runs(key, values):
+        return {size: {key: v, f"{key}_low": v * 0.9, f"{key}_high": v * 1.1} for size, v in values.items()}
+
+    saturation = runs("throughput", {1: 100.0, 2: 190.0, 4: 300.0, 8: 310.0})
+    steady = {size: runs("p99_ms", {size: p99})[size] | {"p50_ms": p99 / 4}
+              for size, p99 in {1: 400.0, 2: 50.0, 4: 20.0, 8: 25.0}.items()}
+    figure = plots.pool_sweep(saturation, steady, knee=4, rule=5, rate=210, note="32 clients", save="sweep")
+    left, right = figure.axes
+    assert left.get_xscale() == "log" and right.get_yscale() == "log"
+    text = all_text(figure)
+    assert "knee: 4" in text and "(cores × 2) + 1 = 5" in text and "210 req/s" in text and "32 clients" in text
+    assert (figures_dir / "sweep.png").read_bytes().startswith(PNG_MAGIC)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 
-from perflab import harness
-
 LIMIT = 10
 
 # How long the service takes per request, and how big the experiments are. `tiny` keeps the whole
@@ -27,13 +25,15 @@ def settings(scale: str) -> dict:
     return dict(TINY if scale == "tiny" else LARGER)
 
 
-def preset(min_rounds: int | None = None) -> harness.Preset:
+def preset(min_rounds: int | None = None):
     """The preset the notebook measures with.
 
     Each sample here is one whole fan-out (tens or hundreds of ms): under the `fast` preset the rounds
     are capped at the minimum, 6, so that the sweeps fit the test budget; other presets are used as
     is. ``min_rounds``: at least that many rounds (ratios near 1 need more samples than big ones).
     """
+    from perflab import harness  # the grader's sandbox imports NAMESPACE only: keep this module light
+
     chosen = harness.resolve_preset()
     if chosen.name == "fast":
         chosen = harness.Preset("fast, 6 rounds", min_rounds=6, max_rounds=6,
