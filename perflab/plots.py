@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # the harness imports plots lazily (res.plot()); plots never 
 
 __all__ = ["style", "bars", "scaling", "save", "variant_colors", "COURSE_STYLE",
            "latency_distribution", "memory_bars", "waterfall", "profile_bars",
-           "format_seconds_tick", "seconds_axis", "request_timelines", "against_ideal", "pool_sweep"]
+           "format_seconds_tick", "seconds_axis", "request_timelines", "against_ideal", "pool_sweep",
+           "round_trips"]
 
 BASELINE_COLOR = "#D55E00"  # vermillion: the baseline, usually the version being fixed
 OTHER_COLORS = ("#0072B2", "#009E73", "#56B4E9", "#CC79A7", "#000000", "#999999")
@@ -353,6 +354,50 @@ def save(fig: Figure, name: str) -> Path:
     except OSError:  # a read-only build folder must not stop a notebook; the file name still places it
         pass
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Through a network (topic 02)
+# --------------------------------------------------------------------------------------------------
+
+def round_trips(grid, variants, title: str, note: str | None = None, save: str | bool | None = None) -> Figure:
+    """Grouped bars of time per call: one panel per ``N``, one group per RTT, one bar per variant (log y).
+
+    ``grid``: a table with columns ``rtt_ms``, ``N``, ``variant``, ``seconds`` (the bar), ``fastest`` and
+    ``slowest`` (the whisker) and ``how`` (``"predicted"`` bars are hatched and faint); ``variants``:
+    the labels, in the order of the bars (the first in the baseline colour).
+    """
+    variants = list(variants)
+    rtts = sorted(set(grid.rtt_ms))
+    sizes = sorted(set(grid.N))
+    colors = variant_colors(variants)
+    width = 0.8 / len(variants)
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure = CourseFigure(figsize=(4.75 * len(sizes), 4.2), layout="constrained")
+        axes = np.atleast_1d(figure.subplots(1, len(sizes), sharey=True))
+        for ax, n in zip(axes, sizes):
+            for index, variant in enumerate(variants):
+                rows = grid[(grid.N == n) & (grid.variant == variant)]
+                xs = [rtts.index(r) + (index - (len(variants) - 1) / 2) * width for r in rows.rtt_ms]
+                drawn = ax.bar(xs, rows.seconds, width, color=colors[variant], label=variant, alpha=0.9)
+                ax.errorbar(xs, rows.seconds, yerr=[rows.seconds - rows.fastest, rows.slowest - rows.seconds],
+                            fmt="none", ecolor=INK, elinewidth=1, capsize=2)
+                for bar, how in zip(drawn, rows.how):
+                    if how == "predicted":
+                        bar.set_hatch("//")
+                        bar.set_alpha(0.45)
+            ax.set_yscale("log")
+            ax.set_xticks(range(len(rtts)), [f"{r:g} ms" for r in rtts])
+            ax.set_xlabel("network round trip (RTT)")
+            ax.set_title(f"N = {n} orders", fontsize=11)
+            seconds_axis(ax.yaxis)
+        axes[0].set_ylabel("time per page (log scale)")
+        axes[0].legend(loc="upper left")
+        figure.suptitle(title, fontweight="bold", x=0.01, ha="left")
+        if note:
+            figure.text(0.01, -0.02, note, fontsize=8.5, color=MUTED)
+    _maybe_save(figure, save, title)
+    return figure
 
 
 # --------------------------------------------------------------------------------------------------

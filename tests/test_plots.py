@@ -196,3 +196,20 @@ def test_pool_sweep_marks_the_knee_and_the_rule(figures_dir):
     text = all_text(figure)
     assert "knee: 4" in text and "(cores × 2) + 1 = 5" in text and "210 req/s" in text and "32 clients" in text
     assert (figures_dir / "sweep.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_round_trips_draw_a_panel_per_n_and_hatch_predicted_bars(figures_dir):
+    import pandas as pd
+
+    grid = pd.DataFrame([
+        {"rtt_ms": rtt, "N": n, "variant": v, "seconds": s, "fastest": s * 0.9, "slowest": s * 1.1,
+         "how": "predicted" if (v == "lazy" and rtt == 5 and n == 1000) else "measured"}
+        for n in (100, 1000) for rtt in (0, 5) for v, s in (("lazy", 0.01 * n * (1 + rtt)), ("eager", 0.002))])
+    figure = plots.round_trips(grid, ["lazy", "eager"], title="Through a network", note="hatched: predicted",
+                               save=True)
+    assert len(figure.axes) == 2 and all(ax.get_yscale() == "log" for ax in figure.axes)
+    text = all_text(figure)
+    assert "N = 100 orders" in text and "N = 1000 orders" in text and "5 ms" in text
+    hatched = [patch for patch in figure.axes[1].patches if patch.get_hatch() == "//"]
+    assert len(hatched) == 1
+    assert (figures_dir / "through-a-network.png").exists()
