@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # the harness imports plots lazily (res.plot()); plots never 
 __all__ = ["style", "bars", "scaling", "save", "variant_colors", "COURSE_STYLE",
            "latency_distribution", "memory_bars", "waterfall", "profile_bars",
            "format_seconds_tick", "seconds_axis", "request_timelines", "against_ideal", "pool_sweep",
-           "round_trips"]
+           "round_trips", "before_after", "fan_out_share"]
 
 BASELINE_COLOR = "#D55E00"  # vermillion: the baseline, usually the version being fixed
 OTHER_COLORS = ("#0072B2", "#009E73", "#56B4E9", "#CC79A7", "#000000", "#999999")
@@ -354,6 +354,70 @@ def save(fig: Figure, name: str) -> Path:
     except OSError:  # a read-only build folder must not stop a notebook; the file name still places it
         pass
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Before and after a fix (topic 04); a tail through a fan-out (topic 03)
+# --------------------------------------------------------------------------------------------------
+
+def before_after(before, after, marked=(), title: str | None = None, xlabel: str = "ms, log scale",
+                 save: str | bool | None = None) -> Figure:
+    """Paired horizontal bars per row: ``before`` (vermillion) and ``after`` (blue), on a log x axis.
+
+    ``before``, ``after``: mappings (or Series) of the same row names to a positive amount, in the order
+    drawn top to bottom (``before``'s); rows named in ``marked`` get "← fixed" after their name. A log
+    axis keeps a fixed row's tiny "after" bar visible beside its big "before" one.
+    """
+    names = list(before.keys())
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(None, 8.5, 1.4 + 0.3 * len(names))
+        ys = np.arange(len(names))
+        ax.barh(ys - 0.2, [before[n] for n in names], 0.4, color=BASELINE_COLOR, label="before")
+        ax.barh(ys + 0.2, [after.get(n, 0) for n in names], 0.4, color=OTHER_COLORS[0], label="after")
+        ax.set_yticks(ys, [f"{n}{'  ← fixed' if n in marked else ''}" for n in names])
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="y", visible=False)
+        if title:
+            ax.set_title(title)
+        ax.legend(loc="lower right")
+    _maybe_save(figure, save, title or "before and after")
+    return figure
+
+
+def fan_out_share(p_slow: float, fan_outs, simulated, requests: int, mark: int | None = None,
+                  title: str | None = None, save: str | bool | None = None) -> Figure:
+    """The share of requests with at least one slow call, ``1 − (1 − p)^k``, against the fan-out k.
+
+    The formula is drawn as a line from 1 to ``max(fan_outs)``, ``simulated`` (one share per fan-out,
+    each from ``requests`` simulated requests) as points; ``mark``: a k to annotate with its share.
+    """
+    from perflab.latency import fan_out_slow_share  # the one formula, shared with the notebook's numbers
+
+    fan_outs = np.asarray(fan_outs)
+    ks = np.arange(1, fan_outs.max() + 1)
+
+    def share(k):
+        return fan_out_slow_share(p_slow, k)
+
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(None, 7.5, 4.2)
+        ax.plot(ks, share(ks), color=OTHER_COLORS[0], linewidth=2, label=f"1 − {1 - p_slow:g}^k")
+        ax.plot(fan_outs, simulated, "o", color=BASELINE_COLOR, label=f"simulated ({requests:,} requests each)")
+        if mark is not None:
+            ax.annotate(f"k = {mark}: {float(share(mark)):.0%} of requests slow", (mark, float(share(mark))),
+                        xytext=(10, -25), textcoords="offset points", arrowprops={"arrowstyle": "->", "color": INK})
+        ax.set_xscale("log")
+        ax.set_xticks(fan_outs, [str(k) for k in fan_outs])
+        ax.minorticks_off()
+        ax.set_xlabel("calls per request (fan-out k), log scale")
+        ax.set_ylabel("share of requests with ≥ 1 slow call")
+        ax.set_title(title or f"When {p_slow:.0%} of calls are slow, how many requests are?")
+        ax.legend(loc="upper left")
+    _maybe_save(figure, save, title or "fan-out share")
+    return figure
 
 
 # --------------------------------------------------------------------------------------------------

@@ -213,3 +213,22 @@ def test_round_trips_draw_a_panel_per_n_and_hatch_predicted_bars(figures_dir):
     hatched = [patch for patch in figure.axes[1].patches if patch.get_hatch() == "//"]
     assert len(hatched) == 1
     assert (figures_dir / "through-a-network.png").exists()
+
+
+def test_before_after_marks_the_fixed_rows_on_a_log_axis(figures_dir):
+    figure = plots.before_after({"slow": 900.0, "fine": 5.0}, {"slow": 3.0, "fine": 5.0}, marked=["slow"],
+                                title="Before and after", save=True)
+    ax = figure.axes[0]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["slow  ← fixed", "fine"]
+    assert len(ax.patches) == 4
+    assert (figures_dir / "before-and-after.png").exists()
+
+
+def test_fan_out_share_draws_the_formula_and_the_simulation():
+    figure = plots.fan_out_share(0.01, [1, 10, 100], [0.01, 0.1, 0.63], requests=20_000, mark=100)
+    ax = figure.axes[0]
+    formula, points = ax.lines[:2]
+    assert formula.get_ydata()[-1] == pytest.approx(1 - 0.99 ** 100)
+    assert list(points.get_ydata()) == [0.01, 0.1, 0.63]
+    assert "k = 100: 63% of requests slow" in all_text(figure)
