@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # the harness imports plots lazily (res.plot()); plots never 
 __all__ = ["style", "bars", "scaling", "save", "variant_colors", "COURSE_STYLE",
            "latency_distribution", "memory_bars", "waterfall", "profile_bars",
            "format_seconds_tick", "seconds_axis", "request_timelines", "against_ideal", "pool_sweep",
-           "round_trips", "before_after", "fan_out_share"]
+           "round_trips", "before_after", "fan_out_share", "lines_by_variant", "histograms"]
 
 BASELINE_COLOR = "#D55E00"  # vermillion: the baseline, usually the version being fixed
 OTHER_COLORS = ("#0072B2", "#009E73", "#56B4E9", "#CC79A7", "#000000", "#999999")
@@ -417,6 +417,51 @@ def fan_out_share(p_slow: float, fan_outs, simulated, requests: int, mark: int |
         ax.set_title(title or f"When {p_slow:.0%} of calls are slow, how many requests are?")
         ax.legend(loc="upper left")
     _maybe_save(figure, save, title or "fan-out share")
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------
+# Small multiples: one line per variant, one panel per measured column; overlaid histograms (topic 07)
+# --------------------------------------------------------------------------------------------------
+
+def lines_by_variant(table, x: str, panels: dict, xlabel: str | None = None, variant: str = "variant",
+                     save: str | bool | None = None) -> Figure:
+    """One panel per ``panels`` column, side by side; in each, one line per variant against ``x``.
+
+    ``panels``: ``{column: (title, ylabel)}``; variants are coloured in the order they first appear (the
+    first in the baseline colour); the legend is on the first panel.
+    """
+    labels = list(dict.fromkeys(table[variant]))
+    colors = variant_colors(labels)
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure = CourseFigure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
+        axes = np.atleast_1d(figure.subplots(1, len(panels)))
+        for ax, (column, (title, ylabel)) in zip(axes, panels.items()):
+            for label in labels:
+                rows = table[table[variant] == label]
+                ax.plot(rows[x], rows[column], marker="o", color=colors[label], label=label)
+            ax.set_title(title)
+            ax.set_xlabel(xlabel or x)
+            ax.set_ylabel(ylabel)
+        axes[0].legend()
+    _maybe_save(figure, save, " · ".join(title for title, _ in panels.values()))
+    return figure
+
+
+def histograms(samples: dict, bins, xlabel: str, ylabel: str, title: str | None = None,
+               save: str | bool | None = None) -> Figure:
+    """Overlaid histograms of ``{label: values}`` on shared ``bins`` (the first label in the baseline colour)."""
+    colors = variant_colors(list(samples))
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(None, 8.0, 3.2)
+        for label, values in samples.items():
+            ax.hist(values, bins=bins, alpha=0.75, color=colors[label], label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
+        ax.legend()
+    _maybe_save(figure, save, title or "histograms")
     return figure
 
 

@@ -232,3 +232,19 @@ def test_fan_out_share_draws_the_formula_and_the_simulation():
     assert formula.get_ydata()[-1] == pytest.approx(1 - 0.99 ** 100)
     assert list(points.get_ydata()) == [0.01, 0.1, 0.63]
     assert "k = 100: 63% of requests slow" in all_text(figure)
+
+
+def test_lines_by_variant_and_histograms():
+    import pandas as pd
+
+    table = pd.DataFrame([{"variant": v, "n": n, "queries": q, "p99": p}
+                          for v, rows in (("plain", [(1, 1, 40), (100, 100, 2500)]), ("lease", [(1, 1, 40), (100, 1, 190)]))
+                          for n, q, p in rows])
+    figure = plots.lines_by_variant(table, "n", {"queries": ("Queries", "count"), "p99": ("p99", "ms")},
+                                    xlabel="concurrent misses")
+    assert [ax.get_title(loc="left") for ax in figure.axes] == ["Queries", "p99"]
+    assert [len(ax.lines) for ax in figure.axes] == [2, 2]
+    assert figure.axes[0].lines[0].get_color().lower() == plots.BASELINE_COLOR.lower()
+    figure = plots.histograms({"same TTL": [60.0] * 10, "jittered": [60.5, 65.5, 70.5]}, bins=[59, 60, 61, 66, 71],
+                              xlabel="s", ylabel="keys", title="expiries")
+    assert len(figure.axes[0].patches) == 8 and "expiries" in all_text(figure)
