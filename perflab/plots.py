@@ -38,7 +38,9 @@ if TYPE_CHECKING:  # the harness imports plots lazily (res.plot()); plots never 
     from perflab.harness import Comparison, Sweep
 
 __all__ = ["style", "bars", "scaling", "save", "variant_colors", "COURSE_STYLE",
-           "latency_distribution", "memory_bars", "waterfall", "profile_bars"]
+           "latency_distribution", "memory_bars", "waterfall", "profile_bars",
+           "format_seconds_tick", "seconds_axis", "request_timelines", "against_ideal", "pool_sweep",
+           "round_trips", "before_after", "fan_out_share", "lines_by_variant", "histograms"]
 
 BASELINE_COLOR = "#D55E00"  # vermillion: the baseline, usually the version being fixed
 OTHER_COLORS = ("#0072B2", "#009E73", "#56B4E9", "#CC79A7", "#000000", "#999999")
@@ -115,7 +117,7 @@ def _new_axes(ax: Axes | None, width: float, height: float) -> tuple[Figure, Axe
     return figure, figure.add_subplot()
 
 
-def _format_tick(seconds: float, _position=None) -> str:
+def format_seconds_tick(seconds: float, _position=None) -> str:
     """Tick labels are round numbers: "10 ms", "2.5 µs" (values on bars keep three digits)."""
     if seconds <= 0:
         return "0"
@@ -123,8 +125,13 @@ def _format_tick(seconds: float, _position=None) -> str:
     return f"{round(seconds / size, 6):g} {unit}"
 
 
-def _seconds_axis(axis) -> None:
-    axis.set_major_formatter(FuncFormatter(_format_tick))
+def seconds_axis(axis) -> None:
+    """Label an axis whose values are seconds in round units: ``plots.seconds_axis(ax.yaxis)``."""
+    axis.set_major_formatter(FuncFormatter(format_seconds_tick))
+
+
+_format_tick = format_seconds_tick  # the old private names, kept working
+_seconds_axis = seconds_axis
 
 
 def _wrap(text: str, width: int) -> str:
@@ -169,7 +176,7 @@ def bars(comparison: Comparison, ax: Axes | None = None, title: str | None = Non
             ax.set_xlim(start, highs.max() * 6)   # room on the right for the value labels
         else:
             ax.set_xlim(0, highs.max() * 1.28)
-        _seconds_axis(ax.xaxis)
+        seconds_axis(ax.xaxis)
         for row, median, high in zip(rows, medians, highs):
             ax.annotate(format_seconds(median), (high, row), xytext=(6, 0), textcoords="offset points",
                         va="center", ha="left", fontsize=10, color=INK, zorder=4)
@@ -239,7 +246,7 @@ def scaling(sweep: Sweep, ax: Axes | None = None, title: str | None = None,
             first = summary[summary.n == summary.n.min()]
             _reference_slopes(ax, summary.n.min(), summary.n.max(), first.median_ms.max() / 1e3,
                               summary.ci_low_ms.min() / 1e3, summary.ci_high_ms.max() / 1e3)
-        _seconds_axis(ax.yaxis)
+        seconds_axis(ax.yaxis)
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
         if "hour" in xlabel.lower() and not summary.empty:
@@ -350,6 +357,302 @@ def save(fig: Figure, name: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
+# Before and after a fix (topic 04); a tail through a fan-out (topic 03)
+# --------------------------------------------------------------------------------------------------
+
+def before_after(before, after, marked=(), title: str | None = None, xlabel: str = "ms, log scale",
+                 save: str | bool | None = None) -> Figure:
+    """Paired horizontal bars per row: ``before`` (vermillion) and ``after`` (blue), on a log x axis.
+
+    ``before``, ``after``: mappings (or Series) of the same row names to a positive amount, in the order
+    drawn top to bottom (``before``'s); rows named in ``marked`` get "← fixed" after their name. A log
+    axis keeps a fixed row's tiny "after" bar visible beside its big "before" one.
+    """
+    names = list(before.keys())
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(None, 8.5, 1.4 + 0.3 * len(names))
+        ys = np.arange(len(names))
+        ax.barh(ys - 0.2, [before[n] for n in names], 0.4, color=BASELINE_COLOR, label="before")
+        ax.barh(ys + 0.2, [after.get(n, 0) for n in names], 0.4, color=OTHER_COLORS[0], label="after")
+        ax.set_yticks(ys, [f"{n}{'  ← fixed' if n in marked else ''}" for n in names])
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="y", visible=False)
+        if title:
+            ax.set_title(title)
+        ax.legend(loc="lower right")
+    _maybe_save(figure, save, title or "before and after")
+    return figure
+
+
+def fan_out_share(p_slow: float, fan_outs, simulated, requests: int, mark: int | None = None,
+                  title: str | None = None, save: str | bool | None = None) -> Figure:
+    """The share of requests with at least one slow call, ``1 − (1 − p)^k``, against the fan-out k.
+
+    The formula is drawn as a line from 1 to ``max(fan_outs)``, ``simulated`` (one share per fan-out,
+    each from ``requests`` simulated requests) as points; ``mark``: a k to annotate with its share.
+    """
+    from perflab.latency import fan_out_slow_share  # the one formula, shared with the notebook's numbers
+
+    fan_outs = np.asarray(fan_outs)
+    ks = np.arange(1, fan_outs.max() + 1)
+
+    def share(k):
+        return fan_out_slow_share(p_slow, k)
+
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(None, 7.5, 4.2)
+        ax.plot(ks, share(ks), color=OTHER_COLORS[0], linewidth=2, label=f"1 − {1 - p_slow:g}^k")
+        ax.plot(fan_outs, simulated, "o", color=BASELINE_COLOR, label=f"simulated ({requests:,} requests each)")
+        if mark is not None:
+            ax.annotate(f"k = {mark}: {float(share(mark)):.0%} of requests slow", (mark, float(share(mark))),
+                        xytext=(10, -25), textcoords="offset points", arrowprops={"arrowstyle": "->", "color": INK})
+        ax.set_xscale("log")
+        ax.set_xticks(fan_outs, [str(k) for k in fan_outs])
+        ax.minorticks_off()
+        ax.set_xlabel("calls per request (fan-out k), log scale")
+        ax.set_ylabel("share of requests with ≥ 1 slow call")
+        ax.set_title(title or f"When {p_slow:.0%} of calls are slow, how many requests are?")
+        ax.legend(loc="upper left")
+    _maybe_save(figure, save, title or "fan-out share")
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------
+# Small multiples: one line per variant, one panel per measured column; overlaid histograms (topic 07)
+# --------------------------------------------------------------------------------------------------
+
+def lines_by_variant(table, x: str, panels: dict, xlabel: str | None = None, variant: str = "variant",
+                     save: str | bool | None = None) -> Figure:
+    """One panel per ``panels`` column, side by side; in each, one line per variant against ``x``.
+
+    ``panels``: ``{column: (title, ylabel)}``; variants are coloured in the order they first appear (the
+    first in the baseline colour); the legend is on the first panel.
+    """
+    labels = list(dict.fromkeys(table[variant]))
+    colors = variant_colors(labels)
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure = CourseFigure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
+        axes = np.atleast_1d(figure.subplots(1, len(panels)))
+        for ax, (column, (title, ylabel)) in zip(axes, panels.items()):
+            for label in labels:
+                rows = table[table[variant] == label]
+                ax.plot(rows[x], rows[column], marker="o", color=colors[label], label=label)
+            ax.set_title(title)
+            ax.set_xlabel(xlabel or x)
+            ax.set_ylabel(ylabel)
+        axes[0].legend()
+    _maybe_save(figure, save, " · ".join(title for title, _ in panels.values()))
+    return figure
+
+
+def histograms(samples: dict, bins, xlabel: str, ylabel: str, title: str | None = None,
+               save: str | bool | None = None) -> Figure:
+    """Overlaid histograms of ``{label: values}`` on shared ``bins`` (the first label in the baseline colour)."""
+    colors = variant_colors(list(samples))
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure, ax = _new_axes(None, 8.0, 3.2)
+        for label, values in samples.items():
+            ax.hist(values, bins=bins, alpha=0.75, color=colors[label], label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
+        ax.legend()
+    _maybe_save(figure, save, title or "histograms")
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------
+# Through a network (topic 02)
+# --------------------------------------------------------------------------------------------------
+
+def round_trips(grid, variants, title: str, note: str | None = None, save: str | bool | None = None) -> Figure:
+    """Grouped bars of time per call: one panel per ``N``, one group per RTT, one bar per variant (log y).
+
+    ``grid``: a table with columns ``rtt_ms``, ``N``, ``variant``, ``seconds`` (the bar), ``fastest`` and
+    ``slowest`` (the whisker) and ``how`` (``"predicted"`` bars are hatched and faint); ``variants``:
+    the labels, in the order of the bars (the first in the baseline colour).
+    """
+    variants = list(variants)
+    rtts = sorted(set(grid.rtt_ms))
+    sizes = sorted(set(grid.N))
+    colors = variant_colors(variants)
+    width = 0.8 / len(variants)
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure = CourseFigure(figsize=(4.75 * len(sizes), 4.2), layout="constrained")
+        axes = np.atleast_1d(figure.subplots(1, len(sizes), sharey=True))
+        for ax, n in zip(axes, sizes):
+            for index, variant in enumerate(variants):
+                rows = grid[(grid.N == n) & (grid.variant == variant)]
+                xs = [rtts.index(r) + (index - (len(variants) - 1) / 2) * width for r in rows.rtt_ms]
+                drawn = ax.bar(xs, rows.seconds, width, color=colors[variant], label=variant, alpha=0.9)
+                ax.errorbar(xs, rows.seconds, yerr=[rows.seconds - rows.fastest, rows.slowest - rows.seconds],
+                            fmt="none", ecolor=INK, elinewidth=1, capsize=2)
+                for bar, how in zip(drawn, rows.how):
+                    if how == "predicted":
+                        bar.set_hatch("//")
+                        bar.set_alpha(0.45)
+            ax.set_yscale("log")
+            ax.set_xticks(range(len(rtts)), [f"{r:g} ms" for r in rtts])
+            ax.set_xlabel("network round trip (RTT)")
+            ax.set_title(f"N = {n} orders", fontsize=11)
+            seconds_axis(ax.yaxis)
+        axes[0].set_ylabel("time per page (log scale)")
+        axes[0].legend(loc="upper left")
+        figure.suptitle(title, fontweight="bold", x=0.01, ha="left")
+        if note:
+            figure.text(0.01, -0.02, note, fontsize=8.5, color=MUTED)
+    _maybe_save(figure, save, title)
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------
+# Fan-outs against their ideal (topic 06)
+# --------------------------------------------------------------------------------------------------
+
+def request_timelines(intervals: dict, titles: dict | None = None, suptitle: str | None = None,
+                      save: str | bool | None = None) -> Figure:
+    """One panel per variant, one line per request from its start to its end on the server.
+
+    ``intervals``: ``{variant: [(start_s, end_s), ...]}`` (any clock; each panel starts at its first
+    request); ``titles``: a panel title per variant (default: the variant). The first variant is the
+    baseline colour; every panel shares the x axis, so staircases and columns compare at a glance.
+    """
+    labels = list(intervals)
+    colors = variant_colors(labels)
+    ordered = {label: sorted(intervals[label]) for label in labels}
+    longest = max(end - spans[0][0] for spans in ordered.values() for _, end in spans)
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure = CourseFigure(figsize=(9, 1.2 + 1.35 * len(labels)), layout="constrained")
+        axes = np.atleast_1d(figure.subplots(len(labels), 1, sharex=True))
+        for ax, label in zip(axes, labels):
+            spans = ordered[label]
+            first = spans[0][0]
+            for row, (start, end) in enumerate(spans):
+                ax.plot([(start - first) * 1e3, (end - first) * 1e3], [row, row], color=colors[label], lw=2.2,
+                        solid_capstyle="butt")
+            ax.set_ylim(len(spans), -1)
+            ax.set_yticks([])
+            ax.set_ylabel("request", fontsize=9)
+            ax.set_title((titles or {}).get(label, label), fontsize=10.5)
+            ax.grid(axis="y", visible=False)
+        axes[-1].set_xlim(0, longest * 1e3 * 1.02)
+        axes[-1].set_xlabel("ms since the first request reached the server")
+        if suptitle:
+            figure.suptitle(suptitle, fontsize=10, color=MUTED)
+    _maybe_save(figure, save, suptitle or "request timelines")
+    return figure
+
+
+# Variants that coincide (two bounded fan-outs) stay visible: later ones thinner, with other markers.
+_IDEAL_STYLES = [("o", 7, 2.6), ("s", 6, 2.2), ("D", 6, 2.2), ("o", 3.5, 1.2), ("^", 3.5, 1.0), ("v", 3.5, 1.0)]
+
+
+def against_ideal(table, x: str, xlabel: str, title: str, ideal_label: str, baseline: str | None = None,
+                  label_shares: bool = False, note: str | None = None, save: str | bool | None = None) -> Figure:
+    """Left: median wall time (solid) against its ideal (dashed) per variant; right: the server's max in flight.
+
+    ``table`` has one row per variant and ``x`` value, with columns ``variant``, ``x``, ``median ms``,
+    ``ideal ms``, ``max in flight (server)`` and, for ``label_shares``, ``share of ideal`` (each
+    point labelled with it). Both axes are log-log; ``note`` goes under the figure as its suptitle.
+    """
+    labels = list(dict.fromkeys(table.variant))
+    colors = variant_colors(labels, baseline=baseline)  # a baseline not among the labels: all cool colours
+    styles = dict(zip(labels, _IDEAL_STYLES * (1 + len(labels) // len(_IDEAL_STYLES))))
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure = CourseFigure(figsize=(11, 4.4), layout="constrained")
+        left, right = figure.subplots(1, 2)
+        for label in labels:
+            rows = table[table.variant == label]
+            marker, size, width = styles[label]
+            left.plot(rows[x], rows["median ms"] / 1e3, marker=marker, markersize=size, lw=width,
+                      color=colors[label], label=label, zorder=3)
+            left.plot(rows[x], rows["ideal ms"] / 1e3, ls=(0, (4, 3)), lw=1.3, color=colors[label], alpha=0.8,
+                      zorder=2)
+            right.plot(rows[x], rows["max in flight (server)"], marker=marker, markersize=size, lw=width,
+                       color=colors[label], label=label, zorder=3)
+            if label_shares:
+                for _, row in rows.iterrows():
+                    left.annotate(f"{row['share of ideal']:.0%} of ideal", (row[x], row["median ms"] / 1e3),
+                                  xytext=(6, 4), textcoords="offset points", fontsize=8.5, color=colors[label])
+        left.plot([], [], ls=(0, (4, 3)), lw=1.3, color=MUTED, label=ideal_label)  # legend entry only
+        xs = np.array(sorted(set(table[x])), float)
+        right.plot(xs, xs, color="#bbbbbb", lw=1, ls=":", zorder=1, label=f"max in flight = {x}")
+        for ax in (left, right):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(xlabel)
+        seconds_axis(left.yaxis)
+        left.set_ylabel("wall time, median (log)")
+        left.set_title(title)
+        left.legend(loc="best", fontsize=8.5)
+        right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        right.set_ylabel("requests in flight at once, max (server's count)")
+        right.set_title("What the server saw")
+        right.legend(loc="upper left", fontsize=8.5)
+        if note:
+            figure.suptitle(note, fontsize=9, color=MUTED)
+    _maybe_save(figure, save, title)
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------
+# Pool size sweep (topic 05)
+# --------------------------------------------------------------------------------------------------
+
+def pool_sweep(saturation: dict, steady: dict, knee: int, rule: int, rate: float, note: str | None = None,
+               save: str | bool | None = None) -> Figure:
+    """Left: throughput at saturation vs pool size; right: p99 and p50 at a fixed rate. Both log2 in x.
+
+    ``saturation`` and ``steady``: ``{pool size: {"throughput"/"p99_ms"/"p50_ms": median of runs,
+    "<key>_low": min, "<key>_high": max}}`` (whiskers min–max). ``knee`` (dashed) and ``rule``
+    (dotted, the article's (cores × 2) + spindles) are marked on both panels.
+    """
+    sizes = np.array(sorted(saturation))
+
+    def whiskers(results, key):  # median with min-max of the runs
+        values = np.array([results[s][key] for s in sizes])
+        return values, [values - [results[s][f"{key}_low"] for s in sizes],
+                        [results[s][f"{key}_high"] for s in sizes] - values]
+
+    with matplotlib.rc_context(COURSE_STYLE):
+        figure = CourseFigure(figsize=(10, 4.2), layout="constrained")
+        left, right = figure.subplots(1, 2)
+        values, spread = whiskers(saturation, "throughput")
+        left.errorbar(sizes, values, yerr=spread, marker="o", lw=2, color=OTHER_COLORS[0], capsize=3)
+        left.set_ylabel("requests per second (saturated)")
+        left.set_title("Throughput vs pool size")
+        values, spread = whiskers(steady, "p99_ms")
+        right.errorbar(sizes, values, yerr=spread, marker="o", lw=2, color=BASELINE_COLOR, label="p99", capsize=3)
+        right.plot(sizes, [steady[s]["p50_ms"] for s in sizes], marker="o", lw=1.5, color=OTHER_COLORS[1],
+                   label="p50")
+        right.set_yscale("log")
+        right.set_ylabel(f"latency at {rate:.0f} req/s, ms (log)")
+        right.set_title("Latency vs pool size")
+        right.legend()
+        for ax in (left, right):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sizes, [str(s) for s in sizes])
+            ax.set_xlabel("pool size (connections)")
+            ax.axvline(knee, color=INK, ls="--", lw=1)
+            ax.axvline(rule, color="#999999", ls=":", lw=1.5)
+            ax.annotate(f" knee: {knee}", (knee, 0.96), xycoords=("data", "axes fraction"), fontsize=9)
+            ax.annotate(f" (cores × 2) + 1 = {rule}", (rule, 0.88), xycoords=("data", "axes fraction"),
+                        fontsize=9, color=MUTED)
+        if note:
+            figure.suptitle(note, fontsize=10, color=MUTED)
+    _maybe_save(figure, save, "pool size sweep")
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------
 # Memory and step-by-step savings (topics 09 and 10)
 # --------------------------------------------------------------------------------------------------
 
@@ -446,7 +749,7 @@ def waterfall(steps, ax: Axes | None = None, title: str | None = None, save: str
         ax.set_xticks(x, [_wrap(label, 14) for label in labels] + ["after all fixes"], fontsize=8.5)
         ax.set_ylim(0, values.max() * 1.25)
         if unit == "seconds":
-            _seconds_axis(ax.yaxis)
+            seconds_axis(ax.yaxis)
         else:
             ax.yaxis.set_major_formatter(FuncFormatter(_format_bytes_tick))
         ax.grid(axis="x", visible=False)
@@ -490,7 +793,7 @@ def latency_distribution(latencies, ax: Axes | None = None, title: str | None = 
         for p in percentiles:
             ax.axhline(p / 100, color="#bbbbbb", linewidth=0.8, linestyle=(0, (3, 3)), zorder=1)
         ax.set_xscale("log")
-        _seconds_axis(ax.xaxis)
+        seconds_axis(ax.xaxis)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("share of calls at most this slow")
@@ -532,7 +835,7 @@ def profile_bars(table, ax: Axes | None = None, title: str | None = None, save: 
         ax.tick_params(axis="y", length=0)
         ax.set_ylim(len(labels) - 0.5, -0.5)
         ax.set_xlim(0, cumulative.max() * 1.45 if len(cumulative) else 1)
-        _seconds_axis(ax.xaxis)
+        seconds_axis(ax.xaxis)
         ax.grid(axis="y", visible=False)
         ax.spines["left"].set_visible(False)
         ax.legend(loc="lower right")

@@ -1,4 +1,5 @@
-"""What lab 05's notebook, its checks and its drivers share: the handler's query and the pool's size.
+"""What lab 05's notebook, its checks and its drivers share: the handler's query and the pool's size,
+and the notebook's measuring preset (kept here so that the lesson's cells hold the lesson).
 
 ``NAMESPACE`` is what a recorded ``open_app`` may use without importing it (the grader re-creates the
 learner's function from its source in a sandbox whose scope is pre-filled with this dict).
@@ -9,5 +10,31 @@ import psycopg
 
 ORDER_SUMMARY_SQL = "SELECT count(*), coalesce(sum(total), 0) FROM orders WHERE customer_id = %s"
 POOL_SIZE = 4
+
+
+
+def preset():
+    """The preset the notebook measures with.
+
+    Connection set-up times are noisy (each one forks a server process): under the `fast` preset take
+    12 to 20 rounds instead of its six, so the medians mean something. Other presets are used as is.
+    """
+    from perflab import harness  # the grader's sandbox imports NAMESPACE only: keep this module light
+
+    chosen = harness.resolve_preset()
+    if chosen.name != "fast":
+        return chosen
+    return harness.Preset("fast, 12+ rounds", min_rounds=12, max_rounds=20, target_sample_seconds=0.002,
+                          budget_seconds=3.0)
+
+
+def progress(items, desc: str):
+    """``items`` with a progress bar in JupyterLab; as they are in a headless run, where nobody watches."""
+    from tqdm.auto import tqdm
+
+    from perflab import widgets
+
+    return tqdm(items, desc=desc, unit="run", disable=not widgets.live_frontend())
+
 
 NAMESPACE = {"ORDER_SUMMARY_SQL": ORDER_SUMMARY_SQL, "POOL_SIZE": POOL_SIZE, "psycopg": psycopg}

@@ -795,6 +795,46 @@ class LoadComparison:
 
         return pd.DataFrame({name: run.summary() for name, run in self.results.items()}).T
 
+    def plot(self, workers: int | None = None, save: str | bool | None = None):
+        """Top: each request's latency against when it was due, per handler (log). Bottom: the last
+        handler's queue depth (LLEN) and the jobs the worker finished per second (``workers`` threads),
+        from that handler's load start; dotted, the moment the load stopped."""
+        import matplotlib
+        import numpy as np
+        import pandas as pd
+
+        from perflab import plots
+
+        t0 = self.started[list(self.results)[-1]]
+        depth = pd.DataFrame(self.queue_depth, columns=["t", "queued"]).assign(t=lambda d: d.t - t0).query("t >= 0")
+        finished = pd.Series(self.finished, dtype=float) - t0
+        colors = plots.variant_colors(list(self.results))
+        with matplotlib.rc_context(plots.COURSE_STYLE):
+            figure = plots.CourseFigure(figsize=(10, 6.4), layout="constrained")
+            ax_lat, ax_q = figure.subplots(2, 1)
+            for name, result in self.results.items():
+                ax_lat.plot(result.requests.due_s, result.requests.latency_ms, ".", color=colors[name],
+                            label=f"{name}: p50 {result.p50_ms:,.0f} ms, p99 {result.p99_ms:,.0f} ms")
+            ax_lat.set_yscale("log")
+            ax_lat.set_xlabel("when the request was due (s)")
+            ax_lat.set_ylabel("latency from due time (ms)")
+            ax_lat.set_title(f"Endpoint latency at {self.rate:g} orders/s (open loop)")
+            ax_lat.legend()
+            ax_q.step(depth.t, depth.queued, where="post", color=plots.OTHER_COLORS[0],
+                      label="jobs waiting in the queue (LLEN)")
+            bins = np.arange(0, max(depth.t.max(), finished.max() if len(finished) else 0) + 0.5, 0.5)
+            threads = f" ({workers} worker threads)" if workers else ""
+            ax_q.bar(bins[:-1], np.histogram(finished, bins=bins)[0] / 0.5, width=0.45, align="edge",
+                     color=plots.OTHER_COLORS[1], alpha=0.6, label=f"jobs finished per second{threads}")
+            ax_q.axvline(self.duration, color=plots.MUTED, linestyle=":", linewidth=1)
+            ax_q.set_xlabel("seconds since the offloaded load started (dotted: the load stops)")
+            ax_q.set_ylabel("jobs (waiting) · jobs per second (finished)")
+            ax_q.set_title("The offloaded work: queue depth and worker throughput")
+            ax_q.legend()
+        if save:
+            plots.save(figure, "load comparison" if save is True else str(save))
+        return figure
+
     def __str__(self) -> str:
         (first, base), (last, cand) = list(self.results.items())[0], list(self.results.items())[-1]
         return (f"open loop at {self.rate:g}/s for {self.duration:g} s: p50 {base.p50_ms:,.0f} ms {first} vs "
