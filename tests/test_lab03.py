@@ -35,7 +35,8 @@ def test_right_but_slow_fails_on_rows_read(tiny_data, tmp_path):
     """Indexes on the right columns in an order that cannot serve ORDER BY … LIMIT: the big tenant still sorts."""
     slow = ('TAIL_INDEXES = ["CREATE INDEX orders_cs_idx ON orders (customer_id, status)", '
             '"CREATE INDEX orders_pending_idx ON orders (customer_id) WHERE status = \'pending\'"]')
-    expect(_grade(tmp_path, slow), {BUDGET: passes(), PLANS: fails("big tenant", "rows of orders"), P99: SLOW})
+    # Its p99 is not judged here: at tiny scale the big tenant's extra sort can stay inside the 3x bound.
+    expect(_grade(tmp_path, slow), {BUDGET: passes(), PLANS: fails("big tenant", "rows of orders")})
 
 
 def test_index_everything_fails_the_budget(tiny_data, tmp_path):

@@ -87,6 +87,10 @@ def test_kill_9_then_up_recovers(replica):
     recovered, messages = stack.replica_up()
     assert any("started" in m for m in messages), messages
     assert recovered.service.pid != pid
+    # After a kill -9 the replica first replays what it missed ("catchup"), then streams.
+    deadline = time.monotonic() + 30
+    while stack.replica_lag(recovered)["state"] != "streaming" and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert stack.replica_lag(recovered)["state"] == "streaming"
     # and it still follows the primary
     with stack.connect(dsn=recovered.primary.url) as conn:

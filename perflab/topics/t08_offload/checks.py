@@ -64,10 +64,12 @@ DRIVERS = "perflab.topics.t08_offload.drivers"
 READY_TIMEOUT = 30.0
 
 # The topic's tables, made by the grader in each sandbox's clone; what the sandbox's role may do to each.
-TABLES = ("order_emails", "email_claims", "order_reports", "order_runs", "call_attempts")
-ROLE_PRIVILEGES = {"order_emails": "SELECT, INSERT"}  # the others: SELECT, INSERT, UPDATE, DELETE
+# Schema-qualified: the grader's admin connection searches pg_catalog only (see grading/isolation.py).
+TABLES = ("public.order_emails", "public.email_claims", "public.order_reports", "public.order_runs",
+          "public.call_attempts")
+ROLE_PRIVILEGES = {"public.order_emails": "SELECT, INSERT"}  # the others: SELECT, INSERT, UPDATE, DELETE
 
-IDEMPOTENT_HINT = ("Make process_order_once idempotent: claim the order's dedupe key (INSERT INTO email_claims "
+IDEMPOTENT_HINT = ("Make process_order_once idempotent: claim the order's dedupe key (INSERT INTO public.email_claims "
                    "(order_id) VALUES (%s) ON CONFLICT DO NOTHING RETURNING order_id) in the same transaction "
                    "as the email, send only if the claim returned a row, and save the report with an upsert "
                    "(ON CONFLICT (order_id) DO NOTHING)")
@@ -109,8 +111,8 @@ def _intact(ctx, side: str = "submission") -> None:
     owner = ctx.scratch["tables"][key]
     with stack.connect(dsn=_db(ctx, side)[1]) as conn:
         rows = dict(conn.execute("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public' "
-                                 "AND tablename = ANY(%s)", (list(TABLES),)).fetchall())
-    replaced = sorted(t for t in TABLES if rows.get(t) != owner)
+                                 "AND tablename = ANY(%s)", ([t.split(".")[-1] for t in TABLES],)).fetchall())
+    replaced = sorted(t for t in TABLES if rows.get(t.split(".")[-1]) != owner)
     if replaced:
         raise SubmissionError(f"the grader's tables {replaced} were dropped or replaced while your code ran: the "
                               "effects are counted in the grader's own tables; leave them in place")
@@ -320,9 +322,9 @@ def _one_order(ctx) -> rig.OneOrder:
                 if state in ("SUCCESS", "FAILURE", "REVOKED"):
                     break
                 time.sleep(0.05)
-    ran = rig._count(ctx.admin_dsn, "SELECT count(*) FROM order_runs WHERE order_id = %s AND finished_at IS NOT NULL "
+    ran = rig._count(ctx.admin_dsn, "SELECT count(*) FROM public.order_runs WHERE order_id = %s AND finished_at IS NOT NULL "
                                     "AND pid = ANY(%s)", order, pids) > 0
-    saved = rig._count(ctx.admin_dsn, "SELECT count(*) FROM order_reports WHERE order_id = %s "
+    saved = rig._count(ctx.admin_dsn, "SELECT count(*) FROM public.order_reports WHERE order_id = %s "
                                       "AND saved_at <= to_timestamp(%s)", order, answered_at) > 0
     _intact(ctx)
     return rig.OneOrder("your create_order", response.status_code, answer, answered_ms, state, ran, saved)
@@ -390,13 +392,13 @@ def _under_load(ctx) -> _Load:
         orders = len(results["yours"].requests)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if rig._count(ctx.admin_dsn, "SELECT count(*) FROM order_reports WHERE order_id LIKE 'v1-%%'") >= orders:
+            if rig._count(ctx.admin_dsn, "SELECT count(*) FROM public.order_reports WHERE order_id LIKE 'v1-%%'") >= orders:
                 break
             time.sleep(0.1)
         time.sleep(0.3)
         pids = sorted(set(pids) | set(_worker_pids(w.worker)))
-    completed = rig._count(ctx.admin_dsn, "SELECT count(*) FROM order_reports WHERE order_id LIKE 'v1-%%'")
-    in_worker = rig._count(ctx.admin_dsn, "SELECT count(DISTINCT order_id) FROM order_runs WHERE order_id LIKE 'v1-%%' "
+    completed = rig._count(ctx.admin_dsn, "SELECT count(*) FROM public.order_reports WHERE order_id LIKE 'v1-%%'")
+    in_worker = rig._count(ctx.admin_dsn, "SELECT count(DISTINCT order_id) FROM public.order_runs WHERE order_id LIKE 'v1-%%' "
                                           "AND finished_at IS NOT NULL AND pid = ANY(%s)", pids)
     _intact(ctx)
     return _Load(results["inline"], results["yours"], orders, completed, in_worker)

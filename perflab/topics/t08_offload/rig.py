@@ -53,14 +53,14 @@ KOMBU_VISIBILITY_TIMEOUT_S = 3600  # the Redis transport's default
 POOL_VISIBILITY_TIMEOUT_S = 60  # in the pool-process experiment: longer than the wait (see kill_pool_process)
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS order_emails (id bigserial PRIMARY KEY, order_id text NOT NULL,
+CREATE TABLE IF NOT EXISTS public.order_emails (id bigserial PRIMARY KEY, order_id text NOT NULL,
     sent_at timestamptz NOT NULL DEFAULT clock_timestamp());
-CREATE TABLE IF NOT EXISTS email_claims (order_id text PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS order_reports (order_id text PRIMARY KEY, body text NOT NULL,
+CREATE TABLE IF NOT EXISTS public.email_claims (order_id text PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS public.order_reports (order_id text PRIMARY KEY, body text NOT NULL,
     saved_at timestamptz NOT NULL DEFAULT clock_timestamp());
-CREATE TABLE IF NOT EXISTS order_runs (id bigserial PRIMARY KEY, order_id text NOT NULL, pid int NOT NULL,
+CREATE TABLE IF NOT EXISTS public.order_runs (id bigserial PRIMARY KEY, order_id text NOT NULL, pid int NOT NULL,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(), finished_at timestamptz, error text);
-CREATE TABLE IF NOT EXISTS call_attempts (id bigserial PRIMARY KEY, call_id text NOT NULL, attempt int NOT NULL,
+CREATE TABLE IF NOT EXISTS public.call_attempts (id bigserial PRIMARY KEY, call_id text NOT NULL, attempt int NOT NULL,
     ok boolean NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
 """
 
@@ -69,7 +69,8 @@ def reset(dsn: str) -> None:
     """Create the topic's tables if needed and empty them."""
     from perflab import datasets
 
-    datasets.create_and_empty(dsn, SCHEMA, "order_emails, email_claims, order_reports, order_runs, call_attempts")
+    datasets.create_and_empty(dsn, SCHEMA, "public.order_emails, public.email_claims, public.order_reports, "
+                                                 "public.order_runs, public.call_attempts")
 
 
 def label(fn: Callable | str) -> str:
@@ -88,7 +89,7 @@ def send_confirmation_email(conn, order_id: str) -> None:
     """Send the customer's confirmation email (here: one row in ``order_emails``, per call).
 
     Inside ``with conn.transaction():`` it commits or rolls back with the rest of the block."""
-    conn.execute("INSERT INTO order_emails (order_id) VALUES (%s)", (order_id,))
+    conn.execute("INSERT INTO public.order_emails (order_id) VALUES (%s)", (order_id,))
 
 
 def build_report(order_id: str) -> str:
@@ -118,12 +119,12 @@ LATE_ACKS = {
 def reference_job(conn, order_id):
     """idempotent job (reference)"""
     with conn.transaction():
-        claimed = conn.execute("INSERT INTO email_claims (order_id) VALUES (%s) ON CONFLICT DO NOTHING "
+        claimed = conn.execute("INSERT INTO public.email_claims (order_id) VALUES (%s) ON CONFLICT DO NOTHING "
                                "RETURNING order_id", (order_id,)).fetchone()
         if claimed is not None:
             send_confirmation_email(conn, order_id)
     report = build_report(order_id)
-    conn.execute("INSERT INTO order_reports (order_id, body) VALUES (%s, %s) ON CONFLICT (order_id) DO NOTHING",
+    conn.execute("INSERT INTO public.order_reports (order_id, body) VALUES (%s, %s) ON CONFLICT (order_id) DO NOTHING",
                  (order_id, report))
     return {"order_id": order_id}
 
@@ -234,7 +235,7 @@ def app_from_env():
         """Fails the first ``failures`` attempts; Celery retries it after 1 s, 2 s, 4 s, … (backoff)."""
         attempt = self.request.retries + 1
         ok = attempt > failures
-        _conn(spec["dsn"]).execute("INSERT INTO call_attempts (call_id, attempt, ok) VALUES (%s, %s, %s)",
+        _conn(spec["dsn"]).execute("INSERT INTO public.call_attempts (call_id, attempt, ok) VALUES (%s, %s, %s)",
                                    (call_id, attempt, ok))
         if not ok:
             raise FlakyDependencyError(f"attempt {attempt}: the dependency is down")
@@ -260,7 +261,7 @@ def _conn(dsn: str):
 def run_job(job: Callable, dsn: str, order_id: str) -> Any:
     """The one job runner: ``job(conn, order_id)``, its run logged (pid, start, end, error) in order_runs."""
     conn = _conn(dsn)
-    run_id = conn.execute("INSERT INTO order_runs (order_id, pid) VALUES (%s, %s) RETURNING id",
+    run_id = conn.execute("INSERT INTO public.order_runs (order_id, pid) VALUES (%s, %s) RETURNING id",
                           (order_id, os.getpid())).fetchone()[0]
     try:
         value = job(conn, order_id)
@@ -268,10 +269,10 @@ def run_job(job: Callable, dsn: str, order_id: str) -> Any:
         if conn.info.transaction_status != 0:  # a failed explicit transaction: leave it first
             with contextlib.suppress(Exception):
                 conn.rollback()
-        conn.execute("UPDATE order_runs SET finished_at = clock_timestamp(), error = %s WHERE id = %s",
+        conn.execute("UPDATE public.order_runs SET finished_at = clock_timestamp(), error = %s WHERE id = %s",
                      (f"{type(exc).__name__}: {exc}"[:500], run_id))
         raise
-    conn.execute("UPDATE order_runs SET finished_at = clock_timestamp() WHERE id = %s", (run_id,))
+    conn.execute("UPDATE public.order_runs SET finished_at = clock_timestamp() WHERE id = %s", (run_id,))
     try:
         json.dumps(value)
     except (TypeError, ValueError):
@@ -485,10 +486,10 @@ def _count(dsn: str, sql: str, *params) -> int:
 
 def _effects(dsn: str, orders: list[str]) -> dict:
     """Per order: emails sent, reports saved, runs, errors — counted in the database."""
-    emails = dict(_rows(dsn, "SELECT order_id, count(*) FROM order_emails WHERE order_id = ANY(%s) GROUP BY 1", orders))
-    reports = dict(_rows(dsn, "SELECT order_id, count(*) FROM order_reports WHERE order_id = ANY(%s) GROUP BY 1", orders))
-    runs = dict(_rows(dsn, "SELECT order_id, count(*) FROM order_runs WHERE order_id = ANY(%s) GROUP BY 1", orders))
-    errors = _rows(dsn, "SELECT order_id, error FROM order_runs WHERE order_id = ANY(%s) AND error IS NOT NULL "
+    emails = dict(_rows(dsn, "SELECT order_id, count(*) FROM public.order_emails WHERE order_id = ANY(%s) GROUP BY 1", orders))
+    reports = dict(_rows(dsn, "SELECT order_id, count(*) FROM public.order_reports WHERE order_id = ANY(%s) GROUP BY 1", orders))
+    runs = dict(_rows(dsn, "SELECT order_id, count(*) FROM public.order_runs WHERE order_id = ANY(%s) GROUP BY 1", orders))
+    errors = _rows(dsn, "SELECT order_id, error FROM public.order_runs WHERE order_id = ANY(%s) AND error IS NOT NULL "
                         "ORDER BY id", orders)
     return {"emails": emails, "reports": reports, "runs": runs, "errors": errors}
 
@@ -553,8 +554,8 @@ def _wait_for(dsn: str, orders: list[str], w: Worker, r, *, since_run_id: int = 
     by the broker at the end."""
     settled_since = None
     while True:
-        done = _count(dsn, "SELECT count(*) FROM order_reports WHERE order_id = ANY(%s)", orders)
-        running = _count(dsn, "SELECT count(*) FROM order_runs WHERE id > %s AND finished_at IS NULL "
+        done = _count(dsn, "SELECT count(*) FROM public.order_reports WHERE order_id = ANY(%s)", orders)
+        running = _count(dsn, "SELECT count(*) FROM public.order_runs WHERE id > %s AND finished_at IS NULL "
                               "AND NOT id = ANY(%s)", since_run_id, list(ignore_runs))
         queued, unacked = w.queued(r), w.unacked(r)
         if done >= len(orders) and running == 0 and queued + unacked == 0:
@@ -592,13 +593,13 @@ def _children(pid: int) -> set[int]:
 def _wait_running(dsn: str, n: int, w: Worker, timeout: float = 20.0) -> list[tuple]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = _rows(dsn, "SELECT id, order_id, pid FROM order_runs WHERE finished_at IS NULL ORDER BY id")
+        rows = _rows(dsn, "SELECT id, order_id, pid FROM public.order_runs WHERE finished_at IS NULL ORDER BY id")
         if len(rows) >= n:
             return rows
-        if not w.worker.alive() or _count(dsn, "SELECT count(*) FROM order_runs WHERE error IS NOT NULL"):
+        if not w.worker.alive() or _count(dsn, "SELECT count(*) FROM public.order_runs WHERE error IS NOT NULL"):
             break
         time.sleep(0.01)
-    failed = _rows(dsn, "SELECT order_id, error FROM order_runs WHERE error IS NOT NULL LIMIT 1")
+    failed = _rows(dsn, "SELECT order_id, error FROM public.order_runs WHERE error IS NOT NULL LIMIT 1")
     reason = f"the task failed: {failed[0][1]}" if failed else f"worker log:\n{w.worker.log(15)}"
     raise RuntimeError(f"the worker did not start {n} jobs within {timeout:g} s; {reason}")
 
@@ -625,8 +626,8 @@ def kill_worker_mid_run(job: Callable | str, settings: dict, dsn: str, *, jobs: 
         time.sleep(WORK_S / 2)  # mid-report: the email is out, the report is not saved
         w.worker.kill()
         killed_at = time.time()
-        killed = _count(dsn, "SELECT count(*) FROM order_runs WHERE finished_at IS NULL")
-        last = _count(dsn, "SELECT coalesce(max(id), 0) FROM order_runs")
+        killed = _count(dsn, "SELECT count(*) FROM public.order_runs WHERE finished_at IS NULL")
+        last = _count(dsn, "SELECT coalesce(max(id), 0) FROM public.order_runs")
         with w.another() as fresh:
             again = Worker(fresh, w.client, w.queue, w.prefix, w.env, w.names)
             pending = _wait_for(dsn, orders, again, r, since_run_id=last, deadline=killed_at + wait_s,
@@ -672,7 +673,7 @@ def kill_pool_process(job: Callable | str, settings: dict, dsn: str, *, jobs: in
             os.kill(victim, signal.SIGKILL)
         killed_at = time.time()
         time.sleep(0.2)
-        cut = [run_id for (run_id,) in _rows(dsn, "SELECT id FROM order_runs WHERE pid = %s AND finished_at IS NULL",
+        cut = [run_id for (run_id,) in _rows(dsn, "SELECT id FROM public.order_runs WHERE pid = %s AND finished_at IS NULL",
                                              victim)]
         # The killed job's message stays unacknowledged until the worker notices the lost process
         # (then: requeued, or acknowledged as failed): wait for that, not for the broker.
@@ -712,7 +713,7 @@ def retries_with_backoff(dsn: str, *, failures: int = 2, timeout: float = 30.0) 
     reset(dsn)
     with worker(reference_job, None, dsn, concurrency=2, label="flaky") as w:
         result = w.client.send_task(FLAKY_TASK, args=["payment-7", failures]).get(timeout=timeout)
-    rows = _rows(dsn, "SELECT attempt, ok, extract(epoch FROM at)::float8 FROM call_attempts ORDER BY attempt")
+    rows = _rows(dsn, "SELECT attempt, ok, extract(epoch FROM at)::float8 FROM public.call_attempts ORDER BY attempt")
     return [{"attempt": attempt, "ok": ok, "seconds after the previous attempt": round(at - rows[i - 1][2], 2) if i else None,
              "result": result if ok else None} for i, (attempt, ok, at) in enumerate(rows)]
 
@@ -758,8 +759,8 @@ def one_order(handler: Callable, job: Callable | str, dsn: str, settings: dict |
                     if state in ("SUCCESS", "FAILURE", "REVOKED"):
                         break
                     time.sleep(0.05)
-    ran = _count(dsn, "SELECT count(*) FROM order_runs WHERE order_id = %s AND finished_at IS NOT NULL", order) > 0
-    saved = _count(dsn, "SELECT count(*) FROM order_reports WHERE order_id = %s", order) > 0
+    ran = _count(dsn, "SELECT count(*) FROM public.order_runs WHERE order_id = %s AND finished_at IS NOT NULL", order) > 0
+    saved = _count(dsn, "SELECT count(*) FROM public.order_reports WHERE order_id = %s", order) > 0
     return OneOrder(label(handler), response.status_code, body, answered_ms, state, ran, saved)
 
 
@@ -877,7 +878,7 @@ def endpoint_under_load(handlers: list[Callable] | dict[str, Callable], job: Cal
             orders = len(results[name].requests)
             deadline = time.monotonic() + drain_s
             while time.monotonic() < deadline:
-                if _count(dsn, "SELECT count(*) FROM order_reports WHERE order_id LIKE %s", last) >= orders:
+                if _count(dsn, "SELECT count(*) FROM public.order_reports WHERE order_id LIKE %s", last) >= orders:
                     break
                 time.sleep(0.1)
             time.sleep(0.3)
@@ -885,9 +886,9 @@ def endpoint_under_load(handlers: list[Callable] | dict[str, Callable], job: Cal
             stop.set()
             sampler.join()
             r.close()
-    completed = _count(dsn, "SELECT count(*) FROM order_reports WHERE order_id LIKE %s", last)
-    in_worker = _count(dsn, "SELECT count(DISTINCT order_id) FROM order_runs WHERE order_id LIKE %s "
+    completed = _count(dsn, "SELECT count(*) FROM public.order_reports WHERE order_id LIKE %s", last)
+    in_worker = _count(dsn, "SELECT count(DISTINCT order_id) FROM public.order_runs WHERE order_id LIKE %s "
                             "AND finished_at IS NOT NULL", last)
-    finished = [t for (t,) in _rows(dsn, "SELECT extract(epoch FROM finished_at)::float8 FROM order_runs "
+    finished = [t for (t,) in _rows(dsn, "SELECT extract(epoch FROM finished_at)::float8 FROM public.order_runs "
                                          "WHERE order_id LIKE %s AND finished_at IS NOT NULL", last)]
     return LoadComparison(rate, duration, results, started, orders, completed, in_worker, depth, finished)
