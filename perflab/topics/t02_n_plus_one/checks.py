@@ -23,11 +23,11 @@ What is judged is measured from outside the sandbox:
 """
 from __future__ import annotations
 
-import random
 
 import psycopg
 
 from perflab import harness, probes
+from perflab.grading import fresh
 from perflab.grading.contracts import measure_gated, speedup_verdict
 from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError
 from perflab.topics.t02_n_plus_one.rig import STATEMENT_BOUND, diagnose
@@ -43,87 +43,9 @@ CONNECT = f"{DRIVERS}:connect"
 # calls each) keep its CI against itself inside the noise gate more often on a busy machine; ~3 s.
 SPEED_PRESET = harness.Preset("grading-n+1", min_rounds=12, max_rounds=20, target_sample_seconds=0.02,
                               budget_seconds=3.0, description="lab 02 speed check: ~3 s")
-SOURCES = 256              # random existing orders the fresh orders are copied from (one list per run)
-
-# One statement, run by the grader as the clone's own role: a copy of order %(src)s (its customer, its
-# items) becomes the newest order, with the next ids. Returns the new order's id.
-ADD_ORDER = """
-WITH src AS (SELECT * FROM orders WHERE id = %(src)s),
-top AS (SELECT max(id) AS id, max(created_at) AS created_at FROM orders),
-new_order AS (
-    INSERT INTO orders (id, customer_id, status, created_at, total, shipping_address, notes)
-    SELECT top.id + 1, src.customer_id, src.status, top.created_at + interval '1 second', src.total,
-           src.shipping_address, src.notes
-    FROM src, top
-    RETURNING id),
-new_items AS (
-    INSERT INTO order_items (id, order_id, product_id, quantity, unit_price)
-    SELECT (SELECT coalesce(max(id), 0) FROM order_items) + row_number() OVER (ORDER BY i.id), new_order.id,
-           i.product_id, i.quantity, i.unit_price
-    FROM order_items AS i, new_order
-    WHERE i.order_id = %(src)s)
-SELECT id FROM new_order
-"""
-
-
-# ------------------------------------------------------------------------------------------------
-# Fresh data, added by the grader
-# ------------------------------------------------------------------------------------------------
-
-class _Feeder:
-    """Adds a new newest order to a side's clone before a call, logged in as that side's own role.
-
-    The k-th order added to either clone is a copy of the same randomly chosen order, so the two clones
-    stay alike (the submission's page after k additions is comparable with the original's)."""
-
-    def __init__(self, ctx) -> None:
-        self.conns: dict[str, psycopg.Connection] = {}
-        self.added = {"submission": 0, "reference": 0}
-        for side, dsn in (("reference", ctx.reference_dsn), ("submission", ctx.dsn)):
-            conn = psycopg.connect(dsn, autocommit=True)
-            ctx._resources.callback(conn.close)
-            conn.execute("SET synchronous_commit = off")   # a throwaway clone: no fsync in the timed path
-            conn.execute("SET lock_timeout = '5s'")
-            conn.execute("SET statement_timeout = '20s'")
-            self.conns[side] = conn
-        # This connection's server session id (as in the server log), left out of the learner's count.
-        self.session = self.conns["submission"].execute(
-            "SELECT to_hex(trunc(extract(epoch FROM backend_start))::bigint) || '.' || to_hex(pid) "
-            "FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()[0]
-        top = self.conns["reference"].execute("SELECT max(id) FROM orders").fetchone()[0]
-        picks = [random.SystemRandom().randint(1, top) for _ in range(SOURCES)]
-        self.sources = [row[0] for row in self.conns["reference"].execute(
-            "SELECT (SELECT o.id FROM orders AS o WHERE o.id >= r ORDER BY o.id LIMIT 1) "
-            "FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(r, k) ORDER BY k", (picks,)) if row[0] is not None]
-
-    def add(self, side: str) -> int:
-        """Add the next order to ``side``'s clone ("submission" or "reference"); returns its id."""
-        source = self.sources[self.added[side] % len(self.sources)]
-        try:
-            row = self.conns[side].execute(ADD_ORDER, {"src": source}).fetchone()
-        except psycopg.Error as exc:
-            if side != "submission":
-                raise
-            raise SubmissionError(
-                f"the grader could not add an order to your copy of the data before calling {NAME} "
-                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                "does your code change the tables or leave a transaction holding a lock?") from None
-        self.added[side] += 1
-        if row is None:
-            raise SubmissionError(f"the grader could not add an order to your copy of the data before calling "
-                                  f"{NAME}: the orders table no longer has order {source}")
-        return row[0]
-
-    def add_both(self) -> int:
-        new_id = self.add("submission")
-        self.add("reference")
-        return new_id
-
-
-def _feeder(ctx) -> _Feeder:
-    if "feeder" not in ctx.scratch:
-        ctx.scratch["feeder"] = _Feeder(ctx)
-    return ctx.scratch["feeder"]
+def _feeder(ctx) -> fresh.Feeder:
+    """A new newest order in each clone before every call (perflab/grading/fresh.py)."""
+    return fresh.feeder(ctx, NAME)
 
 
 class _Counted:
@@ -231,43 +153,12 @@ def faster_than_original(ctx) -> CheckResult:
     submission = ctx.function(NAME).via(PAGE, timeout=CALL_TIMEOUT)
     original = ctx.original_function(NAME).via(PAGE, timeout=CALL_TIMEOUT)
     reference = ctx.reference_function(NAME).via(PAGE, timeout=CALL_TIMEOUT)
-    feeder = _feeder(ctx)
-    # Same number of orders added to both clones so far: each variant's first page is comparable.
-    alike = feeder.added["submission"] == feeder.added["reference"]
-    pages: dict[str, list] = {"original": [], "submission": []}
-
-    def timed(remote, side: str, kept: list | None = None):
-        def call():
-            new_id = feeder.add(side)          # the grader's own statement, on that side's clone
-            page = remote(SPEED_SIZE)
-            if kept is not None:
-                kept.append((new_id, page))
-            return page
-        return call
-
-    # Each call sees one more order than the last, so the harness cannot compare the variants' first
-    # answers with each other (the reference shares the original's clone); the pages are judged below.
-    noisy = None
-    try:
-        result = measure_gated(timed(original, "reference", pages["original"]), timed(reference, "reference"),
-                               timed(submission, "submission", pages["submission"]),
-                               equal=lambda a, b: True, preset=SPEED_PRESET)
-    except Inconclusive as exc:          # a wrong or stale page fails all the same; else: rerun
-        noisy = exc
-    first_expected = pages["original"][0][1]
-    first_new, first_page = pages["submission"][0]
-    if alike and first_page != first_expected:
-        return CheckResult.fail(f"{NAME} returns a different page from the original, so its speed is not "
-                                "judged (see the correctness check)")
-    stale = [k for k, (new_id, page) in enumerate(pages["submission"], 1)
-             if not _starts_with(page, new_id) or len(page) != SPEED_SIZE]
-    if stale:
-        return CheckResult.fail(
-            f"{len(stale)} of the {len(pages['submission'])} timed calls returned a page without the order the "
-            f"grader had just added (first: call {stale[0]}): a page kept from an earlier call is not the current "
-            "page, so its speed is not judged")
-    if noisy is not None:
-        raise noisy
+    verdict = fresh.measure(_feeder(ctx), original, reference, submission, arg=SPEED_SIZE, preset=SPEED_PRESET,
+                            starts_with=lambda page, new_id: _starts_with(page, new_id) and len(page) == SPEED_SIZE,
+                            answer="page")
+    if isinstance(verdict, CheckResult):
+        return verdict
+    result = verdict
     return speedup_verdict(result, f"{NAME}(session, {SPEED_SIZE})",
                            "Count your statements: every lazy load inside the loop is one more round trip.")
 

@@ -28,12 +28,12 @@ judged is measured from outside the submission's process:
 """
 from __future__ import annotations
 
-import random
 from collections import Counter
 
 import psycopg
 
 from perflab import harness, memory, probes
+from perflab.grading import fresh
 from perflab.grading.contracts import measure_gated
 from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError
 from perflab.topics.t10_profiling.rig import REPORT_FUNCTIONS, REPORT_LIMIT
@@ -57,29 +57,9 @@ REPORT = f"{DRIVERS}:report"
 CONNECT = f"{DRIVERS}:connect"
 PROFILE = f"{DRIVERS}:profile"
 PEAK = f"{DRIVERS}:peak"
-SOURCES = 256
 # Two freshly started sandbox processes differ by up to this much resident memory before any call.
 READY_SLACK = 128 * 1024
 
-# One statement, run by the grader as the clone's own role: a copy of order %(src)s (a key account's:
-# its customer, its items) becomes the newest order, with the next ids. Returns the new order's id.
-ADD_ORDER = """
-WITH src AS (SELECT * FROM orders WHERE id = %(src)s),
-top AS (SELECT max(id) AS id, max(created_at) AS created_at FROM orders),
-new_order AS (
-    INSERT INTO orders (id, customer_id, status, created_at, total, shipping_address, notes)
-    SELECT top.id + 1, src.customer_id, src.status, top.created_at + interval '1 second', src.total,
-           src.shipping_address, src.notes
-    FROM src, top
-    RETURNING id),
-new_items AS (
-    INSERT INTO order_items (id, order_id, product_id, quantity, unit_price)
-    SELECT (SELECT coalesce(max(id), 0) FROM order_items) + row_number() OVER (ORDER BY i.id), new_order.id,
-           i.product_id, i.quantity, i.unit_price
-    FROM order_items AS i, new_order
-    WHERE i.order_id = %(src)s)
-SELECT id FROM new_order
-"""
 KEY_ACCOUNT_ORDERS = """
 SELECT o.id FROM orders AS o
 JOIN (SELECT id FROM customers WHERE tier = 'enterprise' ORDER BY id LIMIT 200) AS c ON c.id = o.customer_id
@@ -90,56 +70,9 @@ ORDER BY o.id"""
 # Fresh data, added by the grader
 # ------------------------------------------------------------------------------------------------
 
-class _Feeder:
-    """Adds a new newest key-account order to a side's clone before a call, logged in as that side's role.
-
-    The k-th order added to either clone copies the same randomly chosen order, so the clones stay alike."""
-
-    def __init__(self, ctx) -> None:
-        self.conns: dict[str, psycopg.Connection] = {}
-        self.added = {"submission": 0, "reference": 0}
-        for side, dsn in (("reference", ctx.reference_dsn), ("submission", ctx.dsn)):
-            conn = psycopg.connect(dsn, autocommit=True)
-            ctx._resources.callback(conn.close)
-            conn.execute("SET synchronous_commit = off")   # a throwaway clone: no fsync in the timed path
-            conn.execute("SET lock_timeout = '5s'")
-            conn.execute("SET statement_timeout = '20s'")
-            self.conns[side] = conn
-        self.session = self.conns["submission"].execute(
-            "SELECT to_hex(trunc(extract(epoch FROM backend_start))::bigint) || '.' || to_hex(pid) "
-            "FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()[0]
-        candidates = [row[0] for row in self.conns["reference"].execute(KEY_ACCOUNT_ORDERS)]
-        chooser = random.SystemRandom()
-        self.sources = [chooser.choice(candidates) for _ in range(SOURCES)]
-
-    def add(self, side: str) -> int:
-        source = self.sources[self.added[side] % len(self.sources)]
-        try:
-            row = self.conns[side].execute(ADD_ORDER, {"src": source}).fetchone()
-        except psycopg.Error as exc:
-            if side != "submission":
-                raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise SubmissionError(
-                f"the grader could not add an order to your copy of the data before calling {NAME} "
-                f"({type(exc).__name__}: {first}); does your code change the tables or leave a transaction "
-                "holding a lock?") from None
-        self.added[side] += 1
-        if row is None:
-            raise SubmissionError(f"the grader could not add an order to your copy of the data before calling "
-                                  f"{NAME}: the orders table no longer has order {source}")
-        return row[0]
-
-    def add_both(self) -> int:
-        new_id = self.add("submission")
-        self.add("reference")
-        return new_id
-
-
-def _feeder(ctx) -> _Feeder:
-    if "feeder" not in ctx.scratch:
-        ctx.scratch["feeder"] = _Feeder(ctx)
-    return ctx.scratch["feeder"]
+def _feeder(ctx) -> fresh.Feeder:
+    """A new newest key-account order in each clone before every call (perflab/grading/fresh.py)."""
+    return fresh.feeder(ctx, NAME, KEY_ACCOUNT_ORDERS)
 
 
 def _starts_with(report, order_id: int) -> bool:
@@ -250,40 +183,11 @@ def faster(ctx) -> CheckResult:
     submission = _remote(ctx, "submission", REPORT)
     original = _remote(ctx, "original", REPORT)
     reference = _remote(ctx, "reference", REPORT)
-    feeder = _feeder(ctx)
-    alike = feeder.added["submission"] == feeder.added["reference"]
-    reports: dict[str, list] = {"original": [], "submission": []}
-
-    def timed(remote, side: str, kept: list | None = None):
-        def call():
-            new_id = feeder.add(side)          # the grader's own statement, on that side's clone
-            text = remote(SPEED_LIMIT)
-            if kept is not None:
-                kept.append((new_id, text))
-            return text
-        return call
-
-    noisy = None
-    try:
-        # Each call sees one more order than the last, so the harness cannot compare the variants' first
-        # answers with each other (the reference shares the original's clone); they are judged below.
-        result = measure_gated(timed(original, "reference", reports["original"]), timed(reference, "reference"),
-                               timed(submission, "submission", reports["submission"]), equal=lambda a, b: True,
-                               preset=SPEED_PRESET)
-    except Inconclusive as exc:          # a wrong or stale report fails all the same; else: rerun
-        noisy = exc
-    if reports["submission"] and reports["original"]:
-        if alike and reports["submission"][0][1] != reports["original"][0][1]:
-            return CheckResult.fail("basket_report's report differs from the original's, so its speed is not "
-                                    "judged (see the correctness check)")
-        stale = [k for k, (new_id, text) in enumerate(reports["submission"], 1) if not _starts_with(text, new_id)]
-        if stale:
-            return CheckResult.fail(
-                f"{len(stale)} of the {len(reports['submission'])} timed calls returned a report without the order "
-                f"the grader had just added (first: call {stale[0]}): a report kept from an earlier call is not "
-                "the current report, so its speed is not judged")
-    if noisy is not None:
-        raise noisy
+    verdict = fresh.measure(_feeder(ctx), original, reference, submission, arg=SPEED_LIMIT, preset=SPEED_PRESET,
+                            starts_with=_starts_with, answer="report")
+    if isinstance(verdict, CheckResult):
+        return verdict
+    result = verdict
     gain = result.ratio("original", "submission")
     reference_gain = result.ratio("original", "reference")
     details = {"submission": str(gain), "reference": str(reference_gain)}
