@@ -22,7 +22,7 @@ import psycopg
 from perflab.grading.contracts import measure_gated
 from perflab.grading.grader import CheckResult, Inconclusive, SubmissionError
 
-__all__ = ["ADD_ORDER", "Feeder", "feeder", "measure"]
+__all__ = ["ADD_ORDER", "Feeder", "feeder", "observe", "measure"]
 
 SOURCES = 256  # existing orders the fresh ones are copied from (one list per grading run)
 
@@ -110,6 +110,34 @@ def feeder(ctx, what: str, sources_sql: str | None = None) -> Feeder:
     if "feeder" not in ctx.scratch:
         ctx.scratch["feeder"] = Feeder(ctx, what, sources_sql)
     return ctx.scratch["feeder"]
+
+
+def observe(ctx, feeder: Feeder, submission: Callable, original: Callable, connect: Callable, args) -> dict:
+    """``{arg: (submitted, original's, statements, the order added just before)}`` for each of ``args``, once
+    per grading run (``ctx.scratch["observed"]``; a `SubmissionError` is kept and raised again).
+
+    ``connect()`` opens the sandbox's connection first, in a window of its own (the count waits until the log
+    shows it), so no one-off start-up statement is counted; then a fresh order goes into both clones before
+    each pair of calls, and the statements of the submission's role in its call are kept (the feeder's own
+    connection left out)."""
+    if "observed" not in ctx.scratch:
+        try:
+            with ctx.count_statements():
+                connect()
+            observed = {}
+            for arg in args:
+                new_id = feeder.add_both()
+                with ctx.count_statements() as probe:
+                    submitted = submission(arg)
+                expected = original(arg)
+                statements = [s for s in probe.statements if s.session != feeder.session]
+                observed[arg] = (submitted, expected, statements, new_id)
+            ctx.scratch["observed"] = observed
+        except SubmissionError as exc:
+            ctx.scratch["observed"] = exc
+    if isinstance(ctx.scratch["observed"], SubmissionError):
+        raise SubmissionError(str(ctx.scratch["observed"]))
+    return ctx.scratch["observed"]
 
 
 def measure(feeder: Feeder, original: Callable, reference: Callable, submission: Callable, *, arg: Any, preset,

@@ -410,6 +410,13 @@ class GradingContext:
     def reference_role(self) -> str | None:
         return self._side("reference")["db"].role if self.lab.needs_database else None
 
+    def count_statements(self, admin_dsn: str | None = None):
+        """``probes.count_statements`` of every connection of the submission's role (tagged or not), read
+        from the server log through the grader's own admin connection."""
+        from perflab import probes
+
+        return probes.count_statements(admin_dsn or self.admin_dsn, role=self.role, role_dsn=self.dsn)
+
     def redis_url(self, side: str = "submission") -> str:
         return self._side(side)["redis"].url
 
@@ -426,20 +433,21 @@ class GradingContext:
         from perflab.grading.sandbox import SandboxCallError, SandboxError, SandboxTimeout
 
         box = self.sandbox(side)
-        slot = side
-        shown = f"{target or driver.rpartition(':')[2]}({', '.join([_brief(a, 40) for a in args] + [f'{k}={_brief(v, 40)}' for k, v in kwargs.items()])})"
         try:
-            return box.call(slot, target or "", *args, driver=driver, timeout=timeout, **kwargs)
-        except SandboxCallError as exc:
-            if side != "submission":
-                raise RuntimeError(f"the {side} answer failed: {shown} raised {exc}") from None
-            raise SubmissionError(f"{shown} raised {exc.type_name}: {exc.message}") from None
-        except SandboxTimeout as exc:
-            if side != "submission":
-                raise Inconclusive(f"the {side} answer {shown} {exc}: the machine is too busy; rerun") from None
-            raise SubmissionError(f"{shown} {exc}") from None
-        except SandboxError as exc:
-            if side != "submission":
+            return box.call(side, target or "", *args, driver=driver, timeout=timeout, **kwargs)
+        except SandboxError as exc:  # the call's text is made only here, not on every (timed) call
+            listed = [_brief(a, 40) for a in args] + [f"{k}={_brief(v, 40)}" for k, v in kwargs.items()]
+            shown = f"{target or driver.rpartition(':')[2]}({', '.join(listed)})"
+            learner = side == "submission"
+            if isinstance(exc, SandboxCallError):
+                if not learner:
+                    raise RuntimeError(f"the {side} answer failed: {shown} raised {exc}") from None
+                raise SubmissionError(f"{shown} raised {exc.type_name}: {exc.message}") from None
+            if isinstance(exc, SandboxTimeout):
+                if not learner:
+                    raise Inconclusive(f"the {side} answer {shown} {exc}: the machine is too busy; rerun") from None
+                raise SubmissionError(f"{shown} {exc}") from None
+            if not learner:
                 raise RuntimeError(f"the {side} sandbox failed: {exc}") from None
             raise SubmissionError(f"{shown}: {exc}") from None
 

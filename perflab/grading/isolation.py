@@ -54,16 +54,6 @@ def _admin():
     return stack.connect()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _drop(conn, name: str) -> None:
     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s OR usename = %s",
                  (name, name))
@@ -87,7 +77,7 @@ def sweep_orphans() -> list[str]:
                                                  (PREFIX + "%",))}
         for name in sorted(names):
             match = _NAME.match(name)
-            if match and not _pid_alive(int(match.group(1))):
+            if match and not stack._pid_alive(int(match.group(1))):
                 _drop(conn, name)
                 dropped.append(name)
     return dropped

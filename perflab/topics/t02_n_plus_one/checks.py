@@ -23,13 +23,10 @@ What is judged is measured from outside the sandbox:
 """
 from __future__ import annotations
 
-
-import psycopg
-
-from perflab import harness, probes
+from perflab import harness
 from perflab.grading import fresh
-from perflab.grading.contracts import measure_gated, speedup_verdict
-from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError
+from perflab.grading.contracts import speedup_verdict
+from perflab.grading.grader import Check, CheckResult, Exercise, LabSpec
 from perflab.topics.t02_n_plus_one.rig import STATEMENT_BOUND, diagnose
 
 NAME = "recent_orders_page"
@@ -51,8 +48,8 @@ def _feeder(ctx) -> fresh.Feeder:
 class _Counted:
     """The statements the server saw from the submission's role in one window (the grader's own left out)."""
 
-    def __init__(self, probe: probes.StatementProbe, exclude_sessions: set[str]) -> None:
-        self.statements = [s for s in probe.statements if s.session not in exclude_sessions]
+    def __init__(self, statements: list) -> None:
+        self.statements = statements
 
     @property
     def count(self) -> int:
@@ -77,29 +74,14 @@ def _starts_with(page, order_id: int) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 def _observed(ctx) -> dict:
-    """``{n: (submitted page, original's page, counted statements, the order added just before)}``."""
-    if "observed" not in ctx.scratch:
-        try:
-            submission = ctx.function(NAME).via(PAGE, timeout=CALL_TIMEOUT)
-            original = ctx.original_function(NAME).via(PAGE, timeout=CALL_TIMEOUT)
-            feeder = _feeder(ctx)
-            # The Engine's first connection and SQLAlchemy's start-up queries happen before any count;
-            # the window waits until the server's log shows them, so none is counted below.
-            with probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn):
-                ctx.function(NAME).via(CONNECT, timeout=CALL_TIMEOUT)()
-            observed = {}
-            for n in SIZES:
-                new_id = feeder.add_both()
-                with probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn) as probe:
-                    submitted = submission(n)
-                expected = original(n)
-                observed[n] = (submitted, expected, _Counted(probe, {feeder.session}), new_id)
-            ctx.scratch["observed"] = observed
-        except SubmissionError as exc:
-            ctx.scratch["observed"] = exc
-    if isinstance(ctx.scratch["observed"], SubmissionError):
-        raise SubmissionError(str(ctx.scratch["observed"]))
-    return ctx.scratch["observed"]
+    """``{n: (submitted page, original's page, counted statements, the order added just before)}``.
+
+    The Engine's first connection and SQLAlchemy's start-up queries happen before any count (``CONNECT``)."""
+    observed = fresh.observe(ctx, _feeder(ctx), ctx.function(NAME).via(PAGE, timeout=CALL_TIMEOUT),
+                             ctx.original_function(NAME).via(PAGE, timeout=CALL_TIMEOUT),
+                             ctx.function(NAME).via(CONNECT, timeout=CALL_TIMEOUT), SIZES)
+    return {n: (submitted, expected, _Counted(statements), new_id)
+            for n, (submitted, expected, statements, new_id) in observed.items()}
 
 
 def same_page(ctx) -> CheckResult:

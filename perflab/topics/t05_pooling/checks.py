@@ -33,7 +33,7 @@ import threading
 import time
 from decimal import Decimal, InvalidOperation
 
-from perflab import probes, stack
+from perflab import stack
 from perflab.grading.contracts import WrongAnswer, measure_gated, speedup_verdict
 from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError
 from perflab.topics.t05_pooling.rig import POOL_SIZE
@@ -131,28 +131,18 @@ def _reference_answers(ctx) -> dict:
 # What the server sees of the submission's role (the grader's own admin connection)
 # ------------------------------------------------------------------------------------------------
 
-def _admin_dsn(ctx) -> str:
-    """The grader's admin DSN for the submission's clone, with a search_path the submission cannot reach into.
-
-    The role owns the clone's ``public`` schema: a function or operator it plants there with a closer-matching
-    signature (``public.pg_read_binary_file(text, integer, bigint, boolean)``, the probe's log reader, say)
-    would otherwise be chosen over the built-in by an unqualified call on the admin's connection, and run
-    as the superuser."""
-    return stack.with_params(ctx.admin_dsn, options="-c search_path=pg_catalog,pg_temp")
-
-
 _BACKENDS = ("SELECT pid, state FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend' "
              "AND pid <> pg_backend_pid()")
 
 
 def _backends(ctx) -> list[tuple]:
-    with stack.connect(dsn=_admin_dsn(ctx)) as conn:
+    with stack.connect(dsn=ctx.admin_dsn) as conn:
         return conn.execute(_BACKENDS, (ctx.role,)).fetchall()
 
 
 def _end_backends(ctx, timeout: float = 5.0) -> None:
     """End every backend of the submission's role (a clean slate before counting) and wait until gone."""
-    with stack.connect(dsn=_admin_dsn(ctx)) as conn:
+    with stack.connect(dsn=ctx.admin_dsn) as conn:
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (ctx.role,))
     _wait_for_no_backends(ctx, timeout)
 
@@ -177,7 +167,7 @@ class _BackendWatch:
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._conn = stack.connect(dsn=_admin_dsn(ctx))
+        self._conn = stack.connect(dsn=ctx.admin_dsn)
 
     def _run(self) -> None:
         while True:
@@ -209,7 +199,7 @@ def _concurrent_run(ctx) -> dict:
     ctx.sandbox("submission")  # started (and the learner's source loaded) before anything is counted
     _end_backends(ctx)
     run: dict = {"open_error": None, "close_error": None}
-    with probes.count_statements(_admin_dsn(ctx), role=ctx.role, role_dsn=ctx.dsn) as probe:
+    with ctx.count_statements() as probe:
         with _BackendWatch(ctx) as watch:
             try:
                 _open(ctx, "submission", "burst")
@@ -419,7 +409,7 @@ def faster_than_original(ctx) -> CheckResult:
 
     sides = ("original", "reference", "submission")
     opened = []
-    admin = stack.connect(dsn=_admin_dsn(ctx))
+    admin = stack.connect(dsn=ctx.admin_dsn)
     try:
         for side in sides:
             _open(ctx, side, "speed")
@@ -432,7 +422,7 @@ def faster_than_original(ctx) -> CheckResult:
             baseline[side] = admin.execute(backends_sql, (roles[side],)).fetchone()[0]
         submitted["requests"] = 0
         noisy = None
-        with probes.count_statements(_admin_dsn(ctx), role=ctx.role, role_dsn=ctx.dsn) as probe:
+        with ctx.count_statements() as probe:
             try:
                 result = measure_gated(calls["original"], calls["reference"], calls["submission"])
             except WrongAnswer:

@@ -115,15 +115,6 @@ def _other_than_hot(ctx, customer: int) -> int:
     return customer if customer != hot else customer + 100
 
 
-def _admin_dsn(ctx) -> str:
-    """The grader's admin DSN for the clone, with a search_path the submission cannot reach into.
-
-    The role owns the clone's ``public`` schema: a function it plants there with a closer-matching
-    signature (``public.pg_read_binary_file(text, integer, bigint, boolean)``, say) would otherwise be
-    chosen over the built-in by an unqualified call on the admin's connection, and run as the superuser."""
-    return stack.with_params(ctx.admin_dsn, options="-c search_path=pg_catalog,pg_temp")
-
-
 @contextlib.contextmanager
 def _statements(ctx):
     """Every statement any connection of the submission's role sends in the block, from PostgreSQL's log.
@@ -131,11 +122,11 @@ def _statements(ctx):
     The server writes its log asynchronously: a fence (a statement of the role, waited for in the log)
     first makes sure nothing sent before the block (the grader's own reads as the role, the sandbox's
     earlier calls) is still on its way and counted in the block."""
-    admin = _admin_dsn(ctx)
+    admin = ctx.admin_dsn
     with probes.admin_connection(admin) as conn:
         start = probes.log_position(conn)
     probes.tagged_log_entries(admin, ctx.dsn, f"perflab-fence-{secrets.token_hex(6)}", start, role=ctx.role)
-    with probes.count_statements(admin, role=ctx.role, role_dsn=ctx.dsn) as probe:
+    with ctx.count_statements(admin) as probe:
         yield probe
 
 
@@ -354,7 +345,7 @@ def no_stale_set(ctx) -> CheckResult:
     try:
         _call_in(reader_process, driver=_driver("ready"), timeout=60)
         _redis(ctx).flushdb()
-        with stack.connect(dsn=_admin_dsn(ctx)) as admin:
+        with stack.connect(dsn=ctx.admin_dsn) as admin:
             admin.execute("SELECT pg_catalog.pg_advisory_lock(%s::int, %s::int)", lock)
             try:
                 reader = _Background(lambda: _call_in(reader_process, customer, prefix, list(lock),

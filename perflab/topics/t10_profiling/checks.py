@@ -30,11 +30,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-import psycopg
 
-from perflab import harness, memory, probes
+from perflab import harness, memory
 from perflab.grading import fresh
-from perflab.grading.contracts import measure_gated
 from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError
 from perflab.topics.t10_profiling.rig import REPORT_FUNCTIONS, REPORT_LIMIT
 
@@ -122,29 +120,10 @@ def names_the_top_hotspot(ctx) -> CheckResult:
 # ------------------------------------------------------------------------------------------------
 
 def _observed(ctx) -> dict:
-    """``{limit: (submitted report, original's report, counted statements, the order added before)}``."""
-    if "observed" not in ctx.scratch:
-        try:
-            submission = _remote(ctx, "submission", REPORT)
-            original = _remote(ctx, "original", REPORT)
-            feeder = _feeder(ctx)
-            # The sandbox's connection is opened before any window; the window waits for the log to show it.
-            with probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn):
-                _remote(ctx, "submission", CONNECT)()
-            observed = {}
-            for limit in CHECK_LIMITS:
-                new_id = feeder.add_both()
-                with probes.count_statements(ctx.admin_dsn, role=ctx.role, role_dsn=ctx.dsn) as probe:
-                    submitted = submission(limit)
-                expected = original(limit)
-                statements = [s for s in probe.statements if s.session != feeder.session]
-                observed[limit] = (submitted, expected, statements, new_id)
-            ctx.scratch["observed"] = observed
-        except SubmissionError as exc:
-            ctx.scratch["observed"] = exc
-    if isinstance(ctx.scratch["observed"], SubmissionError):
-        raise SubmissionError(str(ctx.scratch["observed"]))
-    return ctx.scratch["observed"]
+    """``{limit: (submitted report, original's report, counted statements, the order added before)}``;
+    the sandbox's connection is opened before any window (``CONNECT``)."""
+    return fresh.observe(ctx, _feeder(ctx), _remote(ctx, "submission", REPORT), _remote(ctx, "original", REPORT),
+                         _remote(ctx, "submission", CONNECT), CHECK_LIMITS)
 
 
 def same_report(ctx) -> CheckResult:
