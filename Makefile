@@ -11,6 +11,8 @@ PERFLAB := $(BIN)/perflab
 SCALE ?=
 LAB ?=
 SUBMISSION ?=
+# make test runs test files in parallel (see tests/conftest.py); TEST_JOBS= runs them one at a time.
+TEST_JOBS ?= -n 3 --dist loadgroup
 WHEELHOUSE := wheelhouse
 # With a wheelhouse/ (`make wheelhouse`, or one copied from a USB stick), set-up needs no network at all.
 PIP_SOURCE = $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE),)
@@ -54,7 +56,7 @@ run: setup
 # Tests run against their own servers (state in .perflab/test) so a running course is left alone.
 test: setup
 	PERFLAB_SCALE=tiny PERFLAB_PRESET=fast PERFLAB_STATE_DIR=$(CURDIR)/.perflab/test \
-	PERFLAB_BUILD_DIR=$(CURDIR)/build/test $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	PERFLAB_BUILD_DIR=$(CURDIR)/build/test $(BIN)/python -m pytest -m "not slow" $(TEST_JOBS) $(PYTEST_ARGS)
 
 # The slow tests: the offline install (builds a wheelhouse once into build/test/wheelhouse, ~2-4 min).
 test-slow: setup

@@ -16,12 +16,88 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 
 
+# `make test` runs test files in parallel (pytest-xdist, `-n 3 --dist loadgroup`): most of a run is spent
+# waiting on servers, kernels and sleeps, not on the 2 cores. Each file is one unit of work (its module
+# fixtures, e.g. the browser test's JupyterLab, start once); a lab's tests in test_labs.py go with its own
+# test file (they share its graded solution and starter, `labtools.graded`); the report's audit goes with
+# the lesson notebooks whose run it reads. The controller starts the servers and builds the tiny data
+# before any worker starts, and stops them at the end.
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _parallel(config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not _is_worker(config)
+
+
+def _group(item) -> str:
+    path = Path(str(item.fspath)).stem
+    if "course_run" in getattr(item, "fixturenames", ()):
+        return "notebooks"
+    if path == "test_labs" and hasattr(item, "callspec") and "lab" in item.callspec.params:
+        return "lab" + str(item.callspec.params["lab"])
+    if path.startswith("test_lab") and path[len("test_lab"):].isdigit():
+        return "lab" + path[len("test_lab"):]
+    return path
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(True for _ in item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
+def pytest_sessionstart(session):
+    if not _parallel(session.config):
+        return
+    from perflab import datasets, stack
+
+    session.config._perflab_was_running = all(row["health"] == "healthy" for row in stack.status())
+    stack.ensure()
+    datasets.ensure("tiny", progress=False)
+
+
+_STARTED: set[str] = set()
+
+
+def pytest_runtest_logstart(nodeid, location):
+    """In a parallel run pytest prints only dots: name each file as its first test starts."""
+    path = nodeid.split("::")[0]
+    if path in _STARTED:
+        return
+    _STARTED.add(path)
+    import sys
+
+    config = getattr(sys.modules[__name__], "_CONFIG", None)
+    if config is not None and _parallel(config):
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"started {path}")
+
+
+def pytest_configure(config):
+    global _CONFIG
+    _CONFIG = config
+
+
+def pytest_sessionfinish(session):
+    if _parallel(session.config) and (not getattr(session.config, "_perflab_was_running", True)
+                                      or os.environ.get("CI")):
+        from perflab import stack
+
+        stack.down()
+
+
 @pytest.fixture(scope="session")
 def course_stack():
     """The running stack. Started if needed, and then stopped at the end of the session (servers and
     Celery workers), so `make test` leaves no process behind; one that was already up stays up."""
     from perflab import stack
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the controller started it and stops it (pytest_sessionfinish)
+        yield stack.ensure()
+        return
     was_running = all(row["health"] == "healthy" for row in stack.status())
     running = stack.ensure()
     yield running

@@ -117,3 +117,32 @@ def test_make_grade_returns_the_graders_exit_code(class_folder, tmp_path, which,
     result = subprocess.run(["make", "--no-print-directory", "grade", f"LAB={CHECKS}", f"SUBMISSION={submission}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == code, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_class_of_every_starter_and_every_solution_grades_with_two_jobs(tmp_path, tiny_data):
+    """Every lab's starter and solution as one class (`make test-slow`; ~5 min on 2 cores): starters score 0,
+    solutions full marks; a timed check the noise gate calls inconclusive is not a failure."""
+    from labtools import LABS, solution, starter
+
+    for lab in LABS:
+        for who, path in (("starter", starter(lab)), ("solution", solution(lab))):
+            (tmp_path / "class" / who).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, tmp_path / "class" / who / path.name)
+    out = tmp_path / "grades"
+    result = subprocess.run([sys.executable, "-m", "perflab.cli", "grade", "--batch", str(tmp_path / "class"),
+                             "--jobs", "2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=3600)
+    assert result.returncode in (1, 3), result.stdout + result.stderr  # the worst: a starter fails
+    book = read_gradebook(out)
+    assert len(book) == 2 * len(LABS), sorted(book)
+    suites = {suite.get("name"): suite for suite in ET.parse(out / "junit.xml").getroot()}
+    for name, row in book.items():
+        if name.startswith("starter__"):
+            assert (row["status"], row["score"]) == ("failed", "0"), row
+            assert suites[name].findall("testcase/failure"), name
+        else:
+            assert row["status"] in ("passed", "inconclusive"), row
+            assert not suites[name].findall("testcase/failure") and not suites[name].findall("testcase/error"), name
+            if row["status"] == "passed":
+                assert row["score"] == row["max_score"], row

@@ -86,7 +86,10 @@ def jupyterlab(tiny_data, tmp_path_factory):
     if os.geteuid() == 0:
         command.append("--allow-root")
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(home / ".settings"),
-           "JUPYTER_CONFIG_DIR": str(home / ".jupyter")}
+           "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
+           # what the notebooks record goes to a build folder of their own, not the one the lesson
+           # notebooks' run fills and the report's audit reads (they may run at the same time)
+           "PERFLAB_BUILD_DIR": str(Path(paths.BUILD_DIR) / "browser" / "build")}
     env.pop("PERFLAB_WIDGETS", None)  # live because JupyterLab started the kernel (JPY_SESSION_NAME)
     log = open(home / "jupyterlab.log", "w")
     server = subprocess.Popen(command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
