@@ -10,8 +10,10 @@
 
 The panel calls the function it is given, the same one the notebook's default run uses: it measures
 nothing itself. Nothing runs on a slider tick, only on the button; while it runs the button is disabled
-and a progress bar advances against the expected time (``seconds=``). A value outside a control's safe
-range is refused with a message (nothing runs), so a typo cannot freeze the kernel or fill the disk.
+and a progress bar follows the measurement's own done/total (reported by the harness and the other
+front-ends through ``perflab.progress``), or, for a function that reports nothing, the expected time
+(``seconds=``). A value outside a control's safe range is refused with a message (nothing runs), so a
+typo cannot freeze the kernel or fill the disk.
 The headline names the parameters it was measured with, then the result's own headline.
 
 Headless (``make run``, ``make test``, the grader: nbclient, no browser) a panel renders as a static
@@ -458,6 +460,6 @@ def panel(fn: Callable[..., Any], *controls: _Control, run_label: str = "Run", t
     """A try-it panel for ``fn(**values)``: the cell's last expression displays it.
 
     ``fn`` returns a Comparison, a Sweep, an :class:`Outcome` or a headline string. ``seconds`` is the
-    expected time of one run (the progress bar's scale). ``title`` defaults to ``fn``'s docstring.
+    expected time of one run (the progress bar's scale when the measurement reports no progress). ``title`` defaults to ``fn``'s docstring.
     """
     return Panel(fn, controls, run_label=run_label, title=title, seconds=seconds, live=live)
