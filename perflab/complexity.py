@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from perflab import progress
 from perflab.results import ResultMixin
 
 __all__ = ["Counted", "counted", "counting", "count_ops", "count_sweep", "CountSweep", "fitted_slope",
@@ -190,15 +191,19 @@ def count_sweep(variants: Mapping[str, Callable] | list[Callable], sizes: Iterab
     variants = normalise_variants(variants)
     ordered = tuple(sorted({int(n) for n in sizes}))
     counts: dict[str, list[int]] = {label: [] for label in variants}
-    for n in ordered:
-        arguments = setup(n)
-        if not isinstance(arguments, tuple):
-            arguments = (arguments,)
-        answers = {}
-        for label, fn in variants.items():
-            ops, answers[label] = count_ops(fn, *arguments)
-            counts[label].append(ops)
-        check_answers(answers, equal)
+    what = f"operations of {len(variants)} variant{'s' if len(variants) != 1 else ''}"
+    with progress.track(len(ordered), unit="sizes", what=what) as tracker:
+        for index, n in enumerate(ordered):
+            tracker.update(index, detail=f"n={n:,}")
+            arguments = setup(n)
+            if not isinstance(arguments, tuple):
+                arguments = (arguments,)
+            answers = {}
+            for label, fn in variants.items():
+                ops, answers[label] = count_ops(fn, *arguments)
+                counts[label].append(ops)
+            check_answers(answers, equal)
+            tracker.update(index + 1)
     return CountSweep(ordered, {label: tuple(ops) for label, ops in counts.items()})
 
 

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -183,7 +184,15 @@ def _build_into(conn, spec: Scale, target: str, as_template: bool, progress: boo
     conn.execute(f'CREATE DATABASE "{building}"')
     started = time.perf_counter()
     statements = _statements(SCHEMA_SQL.read_text()) + _statements(_substitute(GENERATE_SQL.read_text(), spec))
+    # On a terminal the line is overwritten in place (tqdm pads it to clear the previous text); in a
+    # log (not a TTY, e.g. `make run`, CI) a carriage return would glue the updates together, so
+    # each step gets one clean line of its own instead.
+    tty = sys.stderr.isatty()
+    if not tty:
+        from tqdm import tqdm  # the plain one: a notebook widget would not help a log either
     steps = tqdm(statements, desc=f"building '{spec.name}' data", unit="step", disable=not progress,
+                 dynamic_ncols=tty, ascii=not tty, mininterval=0.1 if tty else 0.0,
+                 file=sys.stderr if tty else _LinePerUpdate(sys.stderr),
                  bar_format="{desc}: {n_fmt}/{total_fmt} steps [{elapsed}] {postfix}")
     try:
         with psycopg.connect(stack.ensure().dsn(building)) as data_conn:
@@ -191,10 +200,10 @@ def _build_into(conn, spec: Scale, target: str, as_template: bool, progress: boo
             # transaction skip the write-ahead log entirely, which roughly halves the build time.
             with data_conn.transaction():
                 for statement in steps:
-                    steps.set_postfix_str(_describe(statement))
+                    steps.set_postfix_str(_describe(statement), refresh=tty)
                     data_conn.execute(statement)
             data_conn.autocommit = True
-            steps.set_postfix_str("VACUUM (FREEZE, ANALYZE)")
+            steps.set_postfix_str("VACUUM (FREEZE, ANALYZE)", refresh=tty)
             # FREEZE + ANALYZE: statistics for the planner, and an all-visible map so that Index
             # Only Scans work from the first lesson (the lesson on heap fetches shows the opposite).
             data_conn.execute("VACUUM (FREEZE, ANALYZE)")
@@ -218,6 +227,23 @@ def _build_into(conn, spec: Scale, target: str, as_template: bool, progress: boo
         comment = f"perflab course data, scale={spec.name} fingerprint={fingerprint(spec.name)} rows={json.dumps(rows)}"
         conn.execute(f"COMMENT ON DATABASE \"{target}\" IS '{comment}'")
     return BuildReport(spec.name, target, rows, seconds, built=True)
+
+
+class _LinePerUpdate:
+    """A file for tqdm off a terminal: each carriage-return update becomes one clean line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.last = ""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").replace("\x1b[A", "").strip()
+        if line and line != self.last:
+            self.last = line
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _describe(statement: str) -> str:

@@ -72,6 +72,7 @@ resources are bound to the loop that made them, so create them in the harness lo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import gc
 import html
@@ -93,6 +94,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from perflab import progress
 from perflab.results import ResultMixin, attach_figure
 from perflab.units import format_factor, format_seconds, time_unit  # noqa: F401 (re-exported)
 
@@ -741,6 +743,14 @@ class _HarnessLoop:
                                "runs in the harness's own event loop")
         future = asyncio.run_coroutine_threadsafe(_await(awaitable), loop)
         try:
+            if progress.current() is not None:
+                # A measurement is showing progress: redraw its line while waiting (updates made
+                # in the loop's thread are drawn here, in the thread that owns the cell's output).
+                while True:
+                    try:
+                        return future.result(timeout=progress.REFRESH)
+                    except concurrent.futures.TimeoutError:
+                        progress.refresh()
             return future.result()
         except BaseException:
             # Interrupted (Ctrl-C in a notebook): stop the coroutine rather than leave it running.
@@ -959,12 +969,20 @@ def compare(
         raise ValueError(f"baseline {baseline!r} is not one of the variants {list(labels)}")
     bound = [_Variant(label, fn, tuple(args), dict(kwargs or {})) for label, fn in functions.items()]
 
+    what = f"{len(bound)} variant{'s' if len(bound) != 1 else ''}"
+    with progress.track(settings.max_rounds, unit="rounds", what=what) as tracker:
+        return _compare(bound, labels, baseline, settings, budget, check, equal, tracker)
+
+
+def _compare(bound: list[_Variant], labels: tuple[str, ...], baseline: str, settings: Preset, budget: float,
+             check: bool, equal: Callable[[Any, Any], bool] | None, tracker: progress.Tracker) -> Comparison:
     started = perf_counter()
 
     # 1. Correctness first; the call doubles as the warm-up.
     reference_answer: Any = None
     same = equal or default_equal
     for index, variant in enumerate(bound):
+        tracker.update(detail=f"checking {variant.label!r}")
         try:
             answer = variant.call_once()
         except Exception as error:
@@ -990,6 +1008,7 @@ def compare(
         loops_of: dict[str, int] = {}
         notes: list[str] = []
         for variant in bound:
+            tracker.update(detail=f"calibrating {variant.label!r}")
             loops = 1
             try:
                 while variant.sample_ns(loops) < target_ns and loops < MAX_LOOPS:
@@ -1009,6 +1028,7 @@ def compare(
             for position in range(count):
                 variant = bound[(round_number + position) % count]
                 loops = loops_of[variant.label]
+                tracker.update(detail=f"timing {variant.label!r}")
                 try:
                     elapsed_ns = variant.sample_ns(loops)
                 except Exception as error:
@@ -1019,6 +1039,11 @@ def compare(
             # 4. Stop before a round that would overrun the budget, but never before min_rounds.
             if rounds_done >= settings.min_rounds and (now - started) + (now - round_started) > budget:
                 break
+            # The rounds the budget leaves room for, at this round's pace: the progress line's total.
+            room = int(max(budget - (now - started), 0.0) / max(now - round_started, 1e-9))
+            tracker.update(rounds_done, total=min(settings.max_rounds,
+                                                  max(settings.min_rounds, rounds_done + room)))
+        tracker.update(len(samples) // count if count else 0)
     finally:
         if not was_frozen:
             gc.unfreeze()
@@ -1066,19 +1091,23 @@ def sweep(
     active = dict(functions)
     measured: list[Comparison] = []
     skipped: dict[str, int] = {}
-    for index, n in enumerate(ordered_sizes):
-        if not active:
-            break
-        arguments = setup(n)
-        if not isinstance(arguments, tuple):
-            arguments = (arguments,)
-        comparison = compare(active, args=arguments, preset=settings, check=check, equal=equal)
-        measured.append(comparison)
-        if max_ms is not None and index + 1 < len(ordered_sizes):
-            for label in list(active):
-                if comparison.median_seconds(label) * 1e3 > max_ms:
-                    skipped[label] = ordered_sizes[index + 1]
-                    del active[label]
+    what = f"{len(functions)} variant{'s' if len(functions) != 1 else ''}"
+    with progress.track(len(ordered_sizes), unit="sizes", what=what) as tracker:
+        for index, n in enumerate(ordered_sizes):
+            if not active:
+                break
+            tracker.update(index, detail=f"n={n:,}")
+            arguments = setup(n)
+            if not isinstance(arguments, tuple):
+                arguments = (arguments,)
+            comparison = compare(active, args=arguments, preset=settings, check=check, equal=equal)
+            measured.append(comparison)
+            tracker.update(index + 1)
+            if max_ms is not None and index + 1 < len(ordered_sizes):
+                for label in list(active):
+                    if comparison.median_seconds(label) * 1e3 > max_ms:
+                        skipped[label] = ordered_sizes[index + 1]
+                        del active[label]
     return Sweep(
         labels=tuple(functions),
         sizes=ordered_sizes,

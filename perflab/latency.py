@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from perflab import progress
 from perflab.results import ResultMixin, attach_figure
 from perflab.units import format_seconds
 
@@ -128,17 +129,20 @@ def latencies(variants: Mapping[str, Callable] | list[Callable], *, calls: int =
     rows = []
     started = time.perf_counter()
     clock = time.perf_counter_ns
-    for i in range(calls):
-        args = args_for(i)
-        label = label_for(i) if label_for else ""
-        for k in range(len(names)):
-            name = names[(i + k) % len(names)]
-            fn = functions[name]
-            begin = clock()
-            fn(*args)
-            rows.append((name, i, label, (clock() - begin) / 1e6))
-        if max_seconds is not None and i >= 100 and time.perf_counter() - started > max_seconds:
-            break
+    what = f"{len(names)} variant{'s' if len(names) != 1 else ''}"
+    with progress.track(calls, unit="calls", what=what) as tracker:
+        for i in range(calls):
+            args = args_for(i)
+            label = label_for(i) if label_for else ""
+            for k in range(len(names)):
+                name = names[(i + k) % len(names)]
+                fn = functions[name]
+                begin = clock()
+                fn(*args)
+                rows.append((name, i, label, (clock() - begin) / 1e6))
+            tracker.update(i + 1)   # outside the timed calls; cheap unless a line is due
+            if max_seconds is not None and i >= 100 and time.perf_counter() - started > max_seconds:
+                break
     runs = pd.DataFrame(rows, columns=["variant", "call", "label", "ms"])
     return Latencies(runs=runs, labels=tuple(names))
 

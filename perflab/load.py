@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from perflab import progress
 from perflab.results import ResultMixin
 from perflab.units import format_seconds
 
@@ -71,11 +72,13 @@ class LoadResult(ResultMixin):
 
 
 async def _run(request_for: Callable[[int], tuple[str, str]], rate: float, duration: float,
-               timeout: float) -> pd.DataFrame:
+               timeout: float, tracker: progress.Tracker | None = None) -> pd.DataFrame:
     import aiohttp
 
     loop = asyncio.get_running_loop()
     count = int(round(rate * duration))
+    if tracker is not None:
+        tracker.update(0, total=count)
     rows = []
     connector = aiohttp.TCPConnector(limit=0)  # no client-side cap: a cap would be a closed loop
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
@@ -95,7 +98,8 @@ async def _run(request_for: Callable[[int], tuple[str, str]], rate: float, durat
             done = loop.time()
             rows.append({"i": i, "due_s": due - start, "sent_s": sent - start, "done_s": done - start,
                          "latency_ms": (done - due) * 1000, "status": status})
-
+            if tracker is not None:
+                tracker.advance()   # from the loop's thread: drawn by the waiting thread
         await asyncio.gather(*(one(i) for i in range(count)))
     return pd.DataFrame(rows).sort_values("i").reset_index(drop=True)
 
@@ -106,6 +110,8 @@ def open_loop(request_for: Callable[[int], tuple[str, str]], *, rate: float, dur
     from perflab.harness import run_async
 
     started = time.perf_counter()
-    frame = run_async(_run(request_for, rate, duration, timeout))
+    count = int(round(rate * duration))
+    with progress.track(count, unit="requests", what=f"{rate:g} requests/s") as tracker:
+        frame = run_async(_run(request_for, rate, duration, timeout, tracker))
     frame.attrs["wall_s"] = time.perf_counter() - started
     return LoadResult(rate=rate, duration=duration, requests=frame)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from perflab import progress
 from perflab.results import ResultMixin, attach_figure
 from perflab.units import format_bytes, format_factor
 
@@ -163,14 +164,17 @@ def compare_peaks(variants: Mapping[str, Callable] | list[Callable], args: tuple
 
     items = list(normalise_variants(variants).items())
     peaks, answers = [], {}
-    for label, fn in items:
-        measured = peak(fn, *args, label=label, **(kwargs or {}))
-        if check:
-            answers[label] = measured.result
-            check_answers(answers, equal)   # a mismatch stops before the next variant runs
-            if len(answers) > 1:
-                answers.pop(label)
-        peaks.append(MemoryPeak(label, measured.peak_bytes, measured.retained_bytes))
+    with progress.track(len(items), unit="variants", what="peak memory") as tracker:
+        for index, (label, fn) in enumerate(items):
+            tracker.update(index, detail=repr(label))
+            measured = peak(fn, *args, label=label, **(kwargs or {}))
+            if check:
+                answers[label] = measured.result
+                check_answers(answers, equal)   # a mismatch stops before the next variant runs
+                if len(answers) > 1:
+                    answers.pop(label)
+            peaks.append(MemoryPeak(label, measured.peak_bytes, measured.retained_bytes))
+            tracker.update(index + 1)
     return MemoryComparison(tuple(peaks))
 
 

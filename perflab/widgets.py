@@ -10,8 +10,10 @@
 
 The panel calls the function it is given, the same one the notebook's default run uses: it measures
 nothing itself. Nothing runs on a slider tick, only on the button; while it runs the button is disabled
-and a progress bar advances against the expected time (``seconds=``). A value outside a control's safe
-range is refused with a message (nothing runs), so a typo cannot freeze the kernel or fill the disk.
+and a progress bar follows the measurement's own done/total (reported by the harness and the other
+front-ends through ``perflab.progress``), or, for a function that reports nothing, the expected time
+(``seconds=``). A value outside a control's safe range is refused with a message (nothing runs), so a
+typo cannot freeze the kernel or fill the disk.
 The headline names the parameters it was measured with, then the result's own headline.
 
 Headless (``make run``, ``make test``, the grader: nbclient, no browser) a panel renders as a static
@@ -29,6 +31,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
+
+from perflab import progress
 
 __all__ = ["Int", "Float", "Choice", "Flags", "Outcome", "Refused", "Panel", "panel", "live_frontend"]
 
@@ -375,8 +379,10 @@ class Panel:
         ticker = threading.Thread(target=self._tick, args=(done, time.monotonic()), daemon=True)
         ticker.start()
         started = time.monotonic()
+        self._reported = None
         try:
-            outcome = Outcome.of(self.fn(**values), title=f"{self.title} · {said}")
+            with progress.listen(self._on_progress, quiet=True):
+                outcome = Outcome.of(self.fn(**values), title=f"{self.title} · {said}")
         except Refused as refused:
             return self._refuse(refused)
         except Exception as failure:  # the learner sees what failed; the kernel stays usable
@@ -400,12 +406,24 @@ class Panel:
         self.error = str(reason)
         self.status.value = f"<span style='color:#b00'><b>refused</b>: {html.escape(self.error)}</span>"
 
+    def _on_progress(self, state: progress.State) -> None:
+        """The measurement's own count (done/total), reported by the harness as it goes."""
+        if not state.finished and state.total > 0:
+            self._reported = state
+
     def _tick(self, done: threading.Event, started: float) -> None:
-        """Advance the bar against the expected time (never reaching the end before the run does)."""
+        """Advance the bar: by the measurement's reported done/total when it reports it, else against
+        the expected time (never reaching the end before the run does)."""
         while not done.wait(0.25):
             elapsed = time.monotonic() - started
-            self.progress.value = min(0.95, elapsed / max(self.seconds, 0.1))
-            self.progress.description = f"{elapsed:.0f} s"
+            reported = getattr(self, "_reported", None)
+            if reported is not None:
+                self.progress.value = min(0.95, reported.fraction)
+                self.progress.description = f"{reported.done}/{reported.total}"
+                self.progress.tooltip = reported.line()
+            else:
+                self.progress.value = min(0.95, elapsed / max(self.seconds, 0.1))
+                self.progress.description = f"{elapsed:.0f} s"
         self.progress.value = 1.0
 
     def _show(self, outcome: Outcome) -> None:
@@ -442,6 +460,6 @@ def panel(fn: Callable[..., Any], *controls: _Control, run_label: str = "Run", t
     """A try-it panel for ``fn(**values)``: the cell's last expression displays it.
 
     ``fn`` returns a Comparison, a Sweep, an :class:`Outcome` or a headline string. ``seconds`` is the
-    expected time of one run (the progress bar's scale). ``title`` defaults to ``fn``'s docstring.
+    expected time of one run (the progress bar's scale when the measurement reports no progress). ``title`` defaults to ``fn``'s docstring.
     """
     return Panel(fn, controls, run_label=run_label, title=title, seconds=seconds, live=live)

@@ -129,3 +129,25 @@ def test_live_means_a_kernel_started_by_a_jupyter_server(monkeypatch):
     assert not widgets.live_frontend()
     monkeypatch.setenv("JPY_SESSION_NAME", "/work/notebooks/01_let_the_index_work.ipynb")
     assert widgets.live_frontend()
+
+
+def test_the_progress_bar_follows_the_measurements_reported_rounds():
+    """While fn runs, the panel hears the harness's done/total (and no notebook line is drawn for it)."""
+    from perflab import progress
+
+    seen = []
+
+    def measured(n, mode):
+        """a harness comparison"""
+        result = compare({"loop": lambda: sum(i * i for i in range(n)),
+                          "formula": lambda: (n - 1) * n * (2 * n - 1) // 6}, preset="fast")
+        seen.append(panel._reported)
+        return result
+
+    panel = make_panel(measured, live=True)
+    panel.run(n=50)
+    assert panel.error is None and panel.runs == 1
+    reported = seen[0]
+    assert isinstance(reported, progress.State) and reported.unit == "rounds" and reported.total >= 6
+    assert 0 < reported.done <= reported.total
+    assert not progress._listeners, "the panel stops listening when the run ends"

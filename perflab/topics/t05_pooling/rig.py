@@ -29,12 +29,17 @@ def preset():
 
 
 def progress(items, desc: str):
-    """``items`` with a progress bar in JupyterLab; as they are in a headless run, where nobody watches."""
-    from tqdm.auto import tqdm
+    """``items``, reporting each one done to the course's progress line (``perflab.progress``): in a
+    notebook, one line updated in place once the loop has run ~2 s, collapsed at the end to
+    ``measured saturation × 15 runs in 12.3 s``; nothing outside a kernel."""
+    from perflab import progress as tracking
 
-    from perflab import widgets
-
-    return tqdm(items, desc=desc, unit="run", disable=not widgets.live_frontend())
+    items = list(items)
+    with tracking.track(len(items), unit="runs", what=desc) as step:
+        for index, item in enumerate(items):
+            step.update(index, detail=f"pool size {item}")
+            yield item
+            step.update(index + 1)
 
 
 NAMESPACE = {"ORDER_SUMMARY_SQL": ORDER_SUMMARY_SQL, "POOL_SIZE": POOL_SIZE, "psycopg": psycopg}

@@ -46,3 +46,133 @@ def preset(min_rounds: int | None = None):
 
 
 NAMESPACE = {"LIMIT": LIMIT, "asyncio": asyncio}
+
+
+# --------------------------------------------------------------------------------------------------
+# Section 7, the database: the queries, and the plumbing around the lesson's four variants (open a
+# pool and a connection in the harness's loop, time the variants at each RTT, count what the server ran).
+# --------------------------------------------------------------------------------------------------
+
+PER_CUSTOMER = "SELECT count(*), coalesce(sum(total), 0)::float8 FROM orders WHERE customer_id = %s"
+ALL_AT_ONCE = ("SELECT count(o.id), coalesce(sum(o.total), 0)::float8 "
+               "FROM unnest(%s::bigint[]) WITH ORDINALITY AS c(id, position) "
+               "LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.position ORDER BY c.position")
+DB_POOL_SIZE = 10
+
+
+def customers(n: int) -> list[int]:
+    """``n`` customer ids spread over the first thousand (the same list at every run)."""
+    return [1 + (i * 37) % 1000 for i in range(n)]
+
+
+async def open_database(dsn: str, pool_size: int = DB_POOL_SIZE):
+    """``(pool, conn)``: an AsyncConnectionPool of ``pool_size`` and one connection, both autocommit."""
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+
+    pool = AsyncConnectionPool(dsn, min_size=pool_size, max_size=pool_size, open=False,
+                               kwargs={"autocommit": True})
+    await pool.open(wait=True)
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    return pool, conn
+
+
+async def close_database(pool, conn) -> None:
+    await pool.close()
+    await conn.close()
+
+
+def database_comparison(variants_for, dsn: str, args: tuple, preset):
+    """``compare(variants_for(pool, conn), args)`` on a pool and a connection opened for the run."""
+    from perflab import harness
+
+    pool, conn = harness.run_async(open_database(dsn))
+    try:
+        return harness.compare(variants_for(pool, conn), args=args, preset=preset)
+    finally:
+        harness.run_async(close_database(pool, conn))
+
+
+def database_fan_out(variants_for, dsn: str, args: tuple, preset, rtts=(0, 2)) -> dict:
+    """``{rtt_ms: Comparison}``: the variants timed with the database ``rtt_ms`` away (0: directly)."""
+    from urllib.parse import urlsplit
+
+    from perflab import stack
+
+    dbname = urlsplit(dsn).path.lstrip("/")
+    results = {}
+    for rtt in rtts:
+        if rtt == 0:
+            results[rtt] = database_comparison(variants_for, dsn, args, preset)
+            continue
+        with stack.latency_proxy(rtt_ms=rtt) as proxy:
+            results[rtt] = database_comparison(variants_for, proxy.dsn(dbname), args, preset)
+    return results
+
+
+def database_counts(variants_for, dsn: str, args: tuple) -> dict:
+    """Per variant, the statements the server executed and on how many connections (from its own log).
+
+    The pool opens all its connections whichever variant runs: only those that ran statements count.
+    """
+    from perflab import harness, probes
+
+    counts = {}
+    labels = harness.normalise_variants(variants_for(None, None))
+    for index, label in enumerate(labels):
+        with probes.count_statements(dsn) as probe:
+            pool, conn = harness.run_async(open_database(probe.dsn))
+            try:
+                harness.run_async(variants_for(pool, conn)[index](*args))
+            finally:
+                harness.run_async(close_database(pool, conn))
+        counts[label] = {"statements": probe.count,
+                         "connections that ran them": len({s.session for s in probe.statements})}
+    return counts
+
+
+def database_table(results: dict, counts: dict):
+    """Medians per RTT beside the server's counts, one row per variant."""
+    import pandas as pd
+
+    medians = pd.DataFrame({f"median at {rtt} ms RTT (ms)": result.summary.set_index("variant").median_ms
+                            for rtt, result in results.items()})
+    return medians.join(pd.DataFrame(counts).T).round(2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections 5 and 8: watching what a failing fan-out leaves running, and sizing a CPU-bound job.
+# --------------------------------------------------------------------------------------------------
+
+async def after_the_error(attempt, session, service_url: str, settle: float) -> dict:
+    """Run ``attempt()``; when it returns or raises, note the time and the server's request count,
+    wait ``settle`` seconds (every call still running finishes) and count again."""
+    import time
+
+    async def server_requests():
+        async with session.get(f"{service_url}/stats") as response:
+            return (await response.json())["requests"]
+
+    started = time.perf_counter()
+    try:
+        await attempt()
+        outcome = "returned"
+    except Exception as error:  # an ExceptionGroup from a TaskGroup is an Exception too
+        outcome = f"raised {type(error).__name__}"
+    raised_after = time.perf_counter() - started
+    at_error = await server_requests()
+    await asyncio.sleep(settle)
+    return {"outcome": outcome, "ms until it returned/raised": round(raised_after * 1e3, 1),
+            "requests received by then": at_error, f"{settle:.1f} s later": await server_requests()}
+
+
+def calibrate(fn, target_s: float, n: int = 100_000, at_least: int = 10_000) -> int:
+    """The ``n`` for which ``fn(n)`` takes about ``target_s`` on this machine (best of 3: noise only adds)."""
+    import time
+
+    def seconds_for(size):
+        started = time.perf_counter()
+        fn(size)
+        return time.perf_counter() - started
+
+    return max(at_least, int(n * target_s / min(seconds_for(n) for _ in range(3))))
