@@ -118,7 +118,13 @@ def describe(conn, settled: dict[str, tuple[int, int]] | None = None, warmed: di
              f"jit {shown['jit']}"]
     if warmed:
         tables = ", ".join(f"{t} {_megabytes(b)}" for t, b in warmed.items())
-        parts.append(f"table warm in shared_buffers ({tables} with indexes, of {shown['shared_buffers']})")
+        capacity = int(conn.execute("SELECT setting::bigint * 8192 FROM pg_settings "
+                                    "WHERE name = 'shared_buffers'").fetchone()[0])
+        if sum(warmed.values()) <= capacity:
+            parts.append(f"table warm in shared_buffers ({tables} with indexes, of {shown['shared_buffers']})")
+        else:  # say so rather than claim a warm cache that cannot hold the table
+            parts.append(f"table read once before timing ({tables} with indexes: more than shared_buffers, "
+                         f"{shown['shared_buffers']}, so part of each Seq Scan comes from the OS cache)")
     if settled:
         states = ", ".join(f"{t} {v:,}/{p:,} pages all-visible" for t, (p, v) in settled.items())
         parts.append(f"vacuumed ({states})")
