@@ -231,12 +231,11 @@ def _build_into(conn, spec: Scale, target: str, as_template: bool, progress: boo
 
 
 def _check_settled(data_conn) -> None:
-    """Every table of the course data is all-visible after the build's VACUUM, else VACUUM again (twice)."""
+    """Every table of the course data is all-visible after the build's VACUUM, else VACUUM again (for up to 15 s)."""
     query = ("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' "
              "AND relpages > 0 AND relallvisible < relpages")
-    for _ in range(2):
-        if not data_conn.execute(query).fetchone()[0]:
-            return
+    deadline = time.monotonic() + 15  # a replica's hot_standby_feedback holds VACUUM back until it replays
+    while data_conn.execute(query).fetchone()[0] and time.monotonic() < deadline:
         time.sleep(0.5)
         data_conn.execute("VACUUM (FREEZE, ANALYZE)")
 

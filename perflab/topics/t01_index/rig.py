@@ -58,21 +58,23 @@ def _visible(conn, table: str) -> tuple[int, int]:
     return int(pages), int(visible)
 
 
-def settle(conn, *tables: str, attempts: int = 5) -> dict[str, tuple[int, int]]:
+def settle(conn, *tables: str, wait_seconds: float = 15.0) -> dict[str, tuple[int, int]]:
     """Flush the WAL, ``VACUUM (ANALYZE)`` each table, and check that its pages are all-visible.
 
-    Returns ``{table: (pages, all-visible pages)}``. A page can stay not-all-visible while another session
-    holds an old snapshot; then it waits a little and retries (``attempts`` times) rather than time an
-    unsettled table."""
+    Returns ``{table: (pages, all-visible pages)}``. Pages stay not-all-visible while some session holds an
+    older snapshot, and so does a read replica with ``hot_standby_feedback`` (topic 11 starts one) until
+    it has replayed the write; then this waits and VACUUMs again, for up to ``wait_seconds``, rather than
+    time an unsettled table. What it reached is returned (and printed by :func:`describe`)."""
     state = {}
     for table in tables:
-        for attempt in range(attempts):
+        deadline = time.monotonic() + wait_seconds
+        while True:
             _flush_wal(conn)
             conn.execute(f"VACUUM (ANALYZE) {table}")
             pages, visible = _visible(conn, table)
-            if visible >= pages:
+            if visible >= pages or time.monotonic() > deadline:
                 break
-            time.sleep(0.2 * (attempt + 1))
+            time.sleep(0.25)
         state[table] = (pages, visible)
     return state
 
