@@ -15,9 +15,27 @@ of three sorts, and each is one :class:`Claim` below:
 The JavaScript-bundle section (1 MB of JS taking 4-5 s on a 3G phone, lodash's 72 kB vs 300 B) is out of
 scope: the course is about the backend, and nothing here runs a browser on a phone.
 
-Verdicts are one of :data:`VERDICTS`. A ratio claim with a ``threshold`` holds when the low end of the
-measured 95% CI reaches it, holds weaker when the difference is clear but smaller, is contradicted when
-the difference is absent or reversed.
+The verdict rule (one rule for every entry: the printed-claim path, ``judge_ratio`` and every judge).
+A verdict is one of :data:`VERDICTS` and always comes with a *why*:
+
+- **not measurable here** when the measurement cannot tell: the 95% CI of the ratio includes 1x (no
+  clear difference), or the effect needs a larger table than the run's scale (``min_scale``: a result
+  at a smaller scale that does not hold is reported with ``scale_note``, e.g. "at tiny the table fits
+  in a few pages; the difference needs small or full"), or the claim cannot be measured on one machine
+  (``not_measurable``);
+- **contradicted** only when the measurement clearly goes the other way: the whole CI is below 1x
+  (the "good" version was slower), or a forced experiment shows the opposite of the claim;
+- **holds** when the difference is clear (the CI's low end is above 1x) and the measured value reaches
+  the claimed factor ``t`` (a claim of "faster", no factor, has ``t = 1``), or lies in the dead-band
+  ``[t/2, t)`` with the CI reaching ``t``;
+- **holds, weaker** when the difference is clear but the value is below ``t/2``, or in the dead-band
+  with the whole CI below ``t``.
+
+So the verdict depends on the measured value against the threshold, not on how wide one run's CI
+happened to be: a clear value 2x or more above ``t`` always holds, a value 2x or more below ``t``
+never holds; only a value within a factor of two of ``t`` (the dead-band) may read differently from
+one run to the next. Judges without a CI (slopes, counts, p99s) follow the same shape with their own
+threshold, written next to them.
 """
 from __future__ import annotations
 
@@ -28,7 +46,8 @@ from typing import Any, Callable
 
 from perflab.units import format_factor, format_number
 
-__all__ = ["Claim", "LEDGER", "VERDICTS", "OUT_OF_SCOPE", "find", "classify", "judge_ratio", "ledger_rows"]
+__all__ = ["Claim", "LEDGER", "VERDICTS", "OUT_OF_SCOPE", "find", "classify", "judge_ratio", "at_scale",
+           "ledger_rows"]
 
 HOLDS, WEAKER, CONTRADICTED, NOT_MEASURABLE, NOT_RUN = (
     "holds", "holds, weaker", "contradicted", "not measurable here", "not measured in this run")
@@ -51,6 +70,8 @@ class Claim:
     threshold: float | None = None
     judge: Callable[[dict], tuple[str, str, str]] | None = field(default=None, compare=False, repr=False)
     not_measurable: str | None = None
+    min_scale: str | None = None  # the smallest scale at which the effect can show ("small")
+    scale_note: str | None = None  # why a smaller scale cannot show it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,24 +90,61 @@ def _ratio_of(entry: dict) -> dict | None:
 
 
 def judge_ratio(value: float | None, low: float | None, high: float | None, threshold: float) -> tuple[str, str]:
-    """(verdict, why) of a measured ratio with its CI against a claimed factor."""
+    """(verdict, why) of a measured ratio ``value`` (good vs bad, > 1: the good version is faster) with its
+    95% CI ``[low, high]`` against a claimed factor ``threshold``: the rule of the module docstring."""
     if value is None or low is None or high is None:
         return NOT_RUN, "no ratio was measured"
+    t = max(float(threshold), 1.0)
     if low <= 1 <= high:
-        return CONTRADICTED, "no clear difference: the 95% CI includes 1x"
-    if value < 1:
-        return CONTRADICTED, "the 'good' version was slower"
-    if low >= threshold:
-        return HOLDS, f"even the low end of the CI reaches {threshold:g}x"
-    if high >= threshold:
-        return HOLDS, f"the CI includes {threshold:g}x"
-    return WEAKER, f"a clear gain, smaller than {threshold:g}x"
+        return NOT_MEASURABLE, (f"no clear difference: the 95% CI ({format_factor(low)}x–{format_factor(high)}x) "
+                                "includes 1x")
+    if high < 1:
+        return CONTRADICTED, (f"the 'good' version was clearly slower: {format_factor(1 / value)}x slower, "
+                              f"the whole 95% CI below 1x")
+    if value >= t:
+        return HOLDS, (f"a clear gain of {format_factor(value)}x, at least the claimed {t:g}x" if t > 1
+                       else f"a clear gain ({format_factor(value)}x, the 95% CI above 1x)")
+    if value >= t / 2:
+        if high >= t:
+            return HOLDS, f"{format_factor(value)}x, within 2x of the claimed {t:g}x and the CI reaches it"
+        return WEAKER, f"a clear gain of {format_factor(value)}x, within 2x of the claimed {t:g}x but the CI stays below it"
+    return WEAKER, f"a clear gain of {format_factor(value)}x, more than 2x smaller than the claimed {t:g}x"
+
+
+def _scale_rank(scale: str | None) -> int:
+    order = ("tiny", "small", "full")
+    return order.index(scale) if scale in order else len(order)
+
+
+def at_scale(claim: "Claim", verdict: str, why: str, scale: str | None) -> tuple[str, str]:
+    """A verdict other than "holds" measured below the claim's ``min_scale`` is "not measurable here"."""
+    if (claim.min_scale and verdict in (CONTRADICTED, NOT_MEASURABLE)
+            and _scale_rank(scale) < _scale_rank(claim.min_scale)):
+        note = claim.scale_note or f"the effect needs the {claim.min_scale} scale or larger"
+        return NOT_MEASURABLE, f"{note} (measured at {scale}: {why})"
+    return verdict, why
+
+
+def _oriented(ratio: dict | None, fast: str | None) -> dict | None:
+    """``ratio`` read as "the variant containing ``fast`` against the other": inverted (value, CI) when the
+    notebook measured it the other way round (its baseline is the good version)."""
+    if not ratio or not fast or ratio.get("value") in (None, 0):
+        return ratio
+    if fast in str(ratio.get("slow") or "") and fast not in str(ratio.get("fast") or ""):
+        low, high = ratio.get("ci_low"), ratio.get("ci_high")
+        return ratio | {"slow": ratio.get("fast"), "fast": ratio.get("slow"), "value": 1 / ratio["value"],
+                        "ci_low": 1 / high if high else None, "ci_high": 1 / low if low else None,
+                        "headline": f"{ratio.get('slow')} vs {ratio.get('fast')}: "
+                                    f"{format_factor(1 / ratio['value'])}x (inverted from the notebook's order)"}
+    return ratio
 
 
 def _by_ratio(threshold: float, fast: str | None = None) -> Callable[[dict], tuple[str, str, str]]:
-    """Judge the default ratio (or the one whose fast variant contains ``fast``) against ``threshold``."""
+    """Judge the default ratio (or the one whose fast variant contains ``fast``) against ``threshold``:
+    :func:`judge_ratio`. ``fast`` names the version the claim says is faster, whichever order the notebook
+    passed the variants in."""
     def judge(entry: dict) -> tuple[str, str, str]:
-        ratio = _ratio_of(entry)
+        ratio = _oriented(_ratio_of(entry), fast)
         if fast:
             chosen = next((r for r in (entry.get("result") or {}).get("ratios") or []
                            if fast in str(r.get("variant") or "")), None)
@@ -111,9 +169,14 @@ def _queue_slopes(entry: dict) -> tuple[str, str, str]:
     measured = ", ".join(f"{k}: slope {v:.2f}" for k, v in slopes.items())
     if pop0 is None or deque_ is None:
         return measured or "recorded", NOT_RUN, "both slopes are needed"
+    # The claim: one power of n apart (threshold 1). Half a power or more holds; a reversal (pop(0)
+    # growing clearly slower) contradicts; in between, the sizes are too small for pop(0)'s memmove to show.
     if pop0 - deque_ >= 0.5:
         return measured, HOLDS, "draining with pop(0) grows about one power of n faster than with popleft()"
-    return measured, CONTRADICTED, "the slopes do not differ by a power of n at these sizes"
+    if pop0 - deque_ <= -0.5:
+        return measured, CONTRADICTED, "popleft() grew clearly faster than pop(0)"
+    return measured, NOT_MEASURABLE, ("the slopes do not differ by half a power of n at these sizes: pop(0)'s "
+                                      "memmove is still too cheap to show; larger queues show it")
 
 
 def _counter(entry: dict, *keys: str):
@@ -137,7 +200,9 @@ def _backends(entry: dict) -> tuple[str, str, str]:
     measured = entry.get("headline") or ""
     if max(counts) >= 10 * max(min(counts), 1):
         return measured, HOLDS, "a connection per request starts a server backend per request; the pool a handful"
-    return measured, WEAKER, "the difference in backends started is under 10x"
+    if max(counts) > min(counts):
+        return measured, WEAKER, "the difference in backends started is under 10x"
+    return measured, CONTRADICTED, "both ways started as many backends"
 
 
 def _pool_knee(entry: dict) -> tuple[str, str, str]:
@@ -184,11 +249,15 @@ def _big_tenant_p99(entry: dict) -> tuple[str, str, str]:
                 f"{after['variant']} {format_number(after['p99_ms'])} ms ({format_factor(factor)}x lower)")
     calls = min(int(r.get("calls") or 0) for r in rows)
     note = f"; only {calls} calls of the big tenant, so its p99 is nearly its maximum" if calls < 100 else ""
+    # threshold 2x; no CI: within 10% either way is "no clear change", and with fewer than 100 calls a
+    # p99 is nearly the maximum, so a rise is not a clear reversal either.
     if factor >= 2:
         return measured, HOLDS, f"the big tenant's p99 fell {format_factor(factor)}x{note}"
     if factor > 1.1:
         return measured, WEAKER, f"the big tenant's p99 fell less than 2x{note}"
-    return measured, CONTRADICTED, f"the big tenant's p99 did not fall{note}"
+    if factor < 1 / 1.1 and calls >= 100:
+        return measured, CONTRADICTED, f"the big tenant's p99 rose {format_factor(1 / factor)}x"
+    return measured, NOT_MEASURABLE, f"no clear change in the big tenant's p99{note}"
 
 
 def _total_drop(entry: dict) -> tuple[str, str, str]:
@@ -205,7 +274,11 @@ def _total_drop(entry: dict) -> tuple[str, str, str]:
     measured = entry.get("headline") or f"{format_number(total_before)} -> {format_number(total_after)}"
     if factor >= 2:
         return measured, HOLDS, f"fixing what the log ranked first cut the top offenders' time {format_factor(factor)}x"
-    return measured, WEAKER if factor > 1 else CONTRADICTED, f"the top offenders' time changed {format_factor(factor)}x"
+    if factor > 1.1:
+        return measured, WEAKER, f"the top offenders' time fell {format_factor(factor)}x, less than 2x"
+    if factor < 1 / 1.1:
+        return measured, CONTRADICTED, f"the top offenders' time rose {format_factor(1 / factor)}x"
+    return measured, NOT_MEASURABLE, "no clear change in the top offenders' time (within 10%)"
 
 
 def _list_peak(entry: dict, claimed_bytes: float) -> tuple[str, str, str]:
@@ -242,16 +315,23 @@ LEDGER: tuple[Claim, ...] = (
           names=("a query that is fast on a small table is slow on a big one",)),
     Claim("01-select-star", "01_let_the_index_work", "select only the columns you use; SELECT * costs more",
           "SELECT * wastes bandwidth and memory (no figure)", "ratio of medians: a clear gain holds",
-          names=("select only the columns you use",), threshold=1),
+          names=("select only the columns you use",), threshold=1, min_scale="small",
+          scale_note="at tiny a customer has a handful of orders and the two extra columns are a few hundred "
+                     "bytes; the difference needs small or full"),
     Claim("01-covering-index", "01_let_the_index_work",
           "a covering index answers from the index without touching the table",
           "served entirely from the index", "the plan: Index Only Scan with no heap fetches, and the speed-up",
-          result="covering index", judge=_by_ratio(1)),
+          result="covering index", judge=_by_ratio(1), min_scale="small",
+          scale_note="at tiny the table fits in a few pages, all in shared_buffers, so visiting it costs almost "
+                     "nothing; the difference needs small or full"),
     Claim("01-composite-order", "01_let_the_index_work",
           "a composite index (a, b) helps filters on a and on a+b, not on b alone: column order matters",
           "(user_id, status) helps user_id and user_id+status, not status alone",
-          "ratio of the query on the wrong-order index vs the right-order one",
-          result="composite index column order", judge=_by_ratio(2)),
+          "ratio of the query on the range-first index (created_at, status) to the same query on the "
+          "equality-first one (status, created_at): > 1 means the right order is faster",
+          result="composite index column order", judge=_by_ratio(2, fast="status, created_at"), min_scale="small",
+          scale_note="at tiny a month holds a few hundred orders, a handful of index pages either way; "
+                     "the difference needs small or full"),
     # -- 02 N+1
     Claim("02-n-plus-one", "02_n_plus_one",
           "lazy loading in a loop issues N+1 queries; eager loading 2, and is far faster over a network",
@@ -371,7 +451,7 @@ def find(name: str, topic: str | None = None) -> Claim | None:
 
 
 _CLASSES = (
-    (NOT_MEASURABLE, ("not testable", "not measurable", "inconclusive")),
+    (NOT_MEASURABLE, ("not testable", "not measurable", "inconclusive", "no clear difference")),
     (CONTRADICTED, ("contradicted", "not reproduced")),
     (WEAKER, ("same direction, smaller", "smaller here", "weaker", "numbers wrong")),
     (HOLDS, ("reproduced", "consistent", "confirmed", "did most of the work", "holds")),
@@ -379,7 +459,8 @@ _CLASSES = (
 
 
 def classify(verdict_text: str | None) -> str:
-    """A notebook's verdict sentence as one of :data:`VERDICTS`."""
+    """A notebook's verdict sentence as one of :data:`VERDICTS` ("no clear difference" is not measurable
+    here, not contradicted: see the rule in the module docstring)."""
     text = (verdict_text or "").lower()
     for verdict, words in _CLASSES:
         if any(word in text for word in words):
@@ -407,9 +488,15 @@ def ledger_rows(results: list[dict], printed: list[dict], scale: str | None) -> 
                 ratio = entry.get("ratio")
                 verdict = classify(entry.get("verdict"))
                 why = entry.get("verdict") or ""
-                if claim.threshold is not None and ratio and ratio.get("value") is not None:
-                    verdict, reason = judge_ratio(ratio["value"], ratio["ci_low"], ratio["ci_high"], claim.threshold)
-                    why = f"{reason} ({entry.get('verdict')})" if entry.get("verdict") else reason
+                if ratio and ratio.get("value") is not None:
+                    # The rule of the module docstring; without a claimed factor, "faster" (1x) is the
+                    # threshold for the CI checks and the notebook's own sentence decides the rest.
+                    judged, reason = judge_ratio(ratio["value"], ratio["ci_low"], ratio["ci_high"],
+                                                 claim.threshold if claim.threshold is not None else 1)
+                    if claim.threshold is not None or judged in (NOT_MEASURABLE, CONTRADICTED):
+                        verdict = judged
+                        why = f"{reason} (the notebook: {entry.get('verdict')})" if entry.get("verdict") else reason
+                verdict, why = at_scale(claim, verdict, why, entry.get("scale") or scale)
                 if claim.not_measurable and verdict != HOLDS:
                     verdict, why = NOT_MEASURABLE, f"{claim.not_measurable}; the notebook says: {entry.get('verdict')}"
                 rows.append(base | {"name": entry.get("name"), "measured": entry.get("measured"), "ci": _ci_text(ratio),
@@ -423,6 +510,7 @@ def ledger_rows(results: list[dict], printed: list[dict], scale: str | None) -> 
             if found and claim.judge:
                 entry = found[0]
                 measured, verdict, why = claim.judge(entry)
+                verdict, why = at_scale(claim, verdict, why, entry.get("scale") or scale)
                 rows.append(base | {"name": entry.get("name"), "measured": measured,
                                     "ci": _ci_text(_ratio_of(entry)), "verdict": verdict, "why": why,
                                     "notebook": entry.get("notebook"), "cell": entry.get("cell"),
