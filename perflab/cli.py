@@ -146,6 +146,10 @@ def cmd_run(args) -> int:
     finally:
         # Each notebook's copy is recreated when it runs again: those of ended kernels go (also on Ctrl-C).
         _drop_orphans()
+        # Topic 11's replica is a full copy of the server: made again from a base backup when next needed.
+        removed = stack.replica_remove()
+        if removed:
+            print(removed)
         print(f".perflab/ holds {stack._human_bytes(stack.folder_bytes(paths.STATE_DIR))}")
     print(f"== done in {time.perf_counter() - started:.0f} s: open {paths.BUILD_DIR / 'index.html'}")
     return 1 if failures else 0

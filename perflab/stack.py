@@ -1414,6 +1414,24 @@ def replica_down() -> str:
         return _stop_replica()
 
 
+def replica_remove() -> str | None:
+    """Stop the replica and delete its data folder (a full copy of the primary's); None when there is none.
+
+    `perflab run` calls it when the course has run: the next `replica up` makes a new one from a base
+    backup (seconds at small). A running replica also holds the primary's VACUUM back (hot_standby_feedback),
+    which the other topics' measurements would feel."""
+    if _replica_override():
+        return None
+    base = _replica_dirs()[0].parent
+    if not base.exists():
+        return None
+    with _stack_lock():
+        size = folder_bytes(base)
+        stopped = _stop_replica()
+        shutil.rmtree(base, ignore_errors=True)
+    return f"{stopped}; its data folder removed ({_human_bytes(size)} freed; `perflab stack replica up` makes a new one)"
+
+
 def replica_lag(rep: Replica | None = None) -> dict:
     """Replication state and lag: from pg_stat_replication on the primary, and pg_last_wal_replay_lsn() on the replica.
 

@@ -30,9 +30,16 @@ def _parallel(config) -> bool:
     return bool(getattr(config.option, "numprocesses", None)) and not _is_worker(config)
 
 
+# The read replica is one server: notebook 11, lab 11 and the replica tests each change its apply delay and
+# read its lag, so they run one after another, in the lesson notebooks' worker.
+_REPLICA_USERS = ("test_replica", "test_lab11")
+
+
 def _group(item) -> str:
     path = Path(str(item.fspath)).stem
-    if "course_run" in getattr(item, "fixturenames", ()):
+    if "course_run" in getattr(item, "fixturenames", ()) or path in _REPLICA_USERS:
+        return "notebooks"
+    if path == "test_labs" and getattr(getattr(item, "callspec", None), "params", {}).get("lab") == "11":
         return "notebooks"
     if path == "test_labs" and hasattr(item, "callspec") and "lab" in item.callspec.params:
         return "lab" + str(item.callspec.params["lab"])

@@ -66,7 +66,10 @@ def test_kill_minus_nine_takes_the_pool_with_it(jobs_db):
         assert not left(), f"pool processes left running: {left()}"
 
 
-def test_down_stops_leftover_workers_and_the_cli_lists_them(jobs_db, capsys):
+def test_down_stops_leftover_workers_and_the_cli_lists_them(jobs_db, capsys, tmp_path, monkeypatch):
+    # The workers recorded in a folder of this test's own: stopping "every recorded worker" must not stop
+    # the workers of a lab or a notebook that another test process is running at the same time.
+    monkeypatch.setattr(stack, "_celery_dir", lambda: tmp_path / "celery")
     with contextlib.ExitStack() as cleanup:
         w = cleanup.enter_context(rig.worker(quick_job, None, jobs_db, concurrency=1))
         assert cli.main(["stack", "workers"]) == 0
