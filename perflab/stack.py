@@ -61,6 +61,9 @@ PG_SETTINGS = {
     "synchronous_commit": "off",
     "wal_level": "minimal",  # lets the bulk load skip WAL for tables created in the same transaction
     "max_wal_senders": "0",
+    # A laptop's disk: checkpoint after 512 MB of WAL (default 1 GB) and keep little between builds.
+    "max_wal_size": "'512MB'",
+    "min_wal_size": "'64MB'",
     # Logs are structured (jsonlog) so probes can count statements server-side, per connection tag.
     "logging_collector": "on",
     "log_destination": "'stderr,jsonlog'",
@@ -1052,7 +1055,7 @@ PRIMARY_REPLICATION_SETTINGS = {
     "wal_level": "replica",
     "max_wal_senders": "10",
     # WAL kept for a replica that is stopped or behind; beyond it the replica is rebuilt from a new base backup.
-    "wal_keep_size": "512MB",
+    "wal_keep_size": "256MB",  # topic 11 writes a few MB; more than this behind, and it is rebuilt
 }
 # The replica's settings on top of the primary's (PG_SETTINGS), each with its reason.
 REPLICA_SETTINGS = {

@@ -48,11 +48,10 @@ def _group(item) -> str:
     return path
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if not any(True for _ in item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(_group(item)))
+def pytest_itemcollected(item):
+    # here, not in pytest_collection_modifyitems: xdist reads the groups in its own modifyitems hook
+    if not any(True for _ in item.iter_markers("xdist_group")):
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 
 def pytest_sessionstart(session):
@@ -80,6 +79,7 @@ def pytest_runtest_logstart(nodeid, location):
     if config is not None and _parallel(config):
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
+            reporter.ensure_newline()
             reporter.write_line(f"started {path}")
 
 

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -60,12 +61,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# PERFLAB_BROWSER_LAB="http://127.0.0.1:8888/lab?token=…" drives a JupyterLab already running (the one
+# `make lab` started, serving work/), at whatever scale it runs, instead of starting one at tiny.
+_EXTERNAL = os.environ.get("PERFLAB_BROWSER_LAB")
+TREE = "notebooks/" if _EXTERNAL else ""
+
+
+def _external_lab() -> tuple[str, str, None]:
+    parsed = urllib.parse.urlparse(_EXTERNAL)
+    token = urllib.parse.parse_qs(parsed.query).get("token", [""])[0]
+    url = f"{parsed.scheme}://{parsed.netloc}"
+    # Every cell in the DOM (the test reads every prompt): the same setting the test's own JupyterLab gets.
+    request = urllib.request.Request(
+        f"{url}/lab/api/settings/@jupyterlab/notebook-extension:tracker?token={token}", method="PUT",
+        data=json.dumps({"raw": json.dumps({"windowingMode": "none"})}).encode(),
+        headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).close()
+    return url, token, None
+
+
 @pytest.fixture(scope="module")
 def jupyterlab(tiny_data, tmp_path_factory):
     """JupyterLab on a free 127.0.0.1 port with a token, serving copies of the notebooks under test."""
     pytest.importorskip("selenium", reason="selenium is in the test extra: make setup")
     if _chromium() is None:
         pytest.skip(INSTALL_HINT)
+    if _EXTERNAL:
+        yield _external_lab()
+        return
     if not (Path(sys.executable).parent / "jupyter-lab").exists():
         pytest.skip("JupyterLab is not installed in this environment: make setup (the lab extra)")
     home = tmp_path_factory.mktemp("lab")
@@ -165,7 +188,7 @@ def test_panel_runs_in_jupyterlab(name, jupyterlab, browser):
     shots = _screens()
     started = time.monotonic()
     # A workspace of its own, reset: only this notebook is open (JupyterLab restores tabs otherwise).
-    browser.get(f"{url}/lab/workspaces/t{name[:2]}/tree/{name}.ipynb?reset&token={token}")
+    browser.get(f"{url}/lab/workspaces/t{name[:2]}/tree/{TREE}{name}.ipynb?reset&token={token}")
     _wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell"), 60, "the notebook")
     _wait(lambda: "Idle" in browser.find_element(By.ID, "jp-main-statusbar").text, 60, "an idle kernel")
     # Run ▸ Run All Cells, through the menu as a learner would.

@@ -92,10 +92,28 @@ def _log_connections(conn) -> None:
 
 def _revoke_public_connect(conn) -> None:
     """No database is open to PUBLIC; one lock at a time (two gradings revoking at once collide in pg_database)."""
+    import psycopg
+
+    open_to_public = ("SELECT datname FROM pg_database WHERE datallowconn AND (datacl IS NULL OR EXISTS ("
+                      "SELECT 1 FROM aclexplode(datacl) a WHERE a.grantee = 0 "
+                      "AND a.privilege_type IN ('CONNECT', 'TEMPORARY')))")
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('perflab-grading-revoke'))")
-        for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datallowconn").fetchall():
-            conn.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
+        for (name,) in conn.execute(open_to_public).fetchall():
+            # A database another process creates or drops meanwhile (a notebook's copy, a test's throwaway
+            # copy) can make a REVOKE fail with "tuple concurrently deleted/updated": retry while it exists.
+            for attempt in range(10):
+                try:
+                    with conn.transaction():
+                        conn.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
+                    break
+                except (psycopg.errors.InternalError, psycopg.errors.InvalidCatalogName,
+                        psycopg.errors.ObjectNotInPrerequisiteState):
+                    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                        break
+                    time.sleep(0.05 * (attempt + 1))
+            else:
+                raise RuntimeError(f"could not revoke CONNECT on database {name} from PUBLIC")
 
 
 @contextlib.contextmanager
