@@ -12,12 +12,15 @@ LIMIT = 10
 
 # How long the service takes per request, and how big the experiments are. `tiny` keeps the whole
 # notebook well under a minute (it runs in the test suite), with a short latency; `small` and `full`
-# use the lab's 50 ms and 200 calls, and the article's own 200 ms for its 10-call example. (The
-# scale of the course data matters only for the database section; nothing here needs `full`'s size.)
+# use the lab's 50 ms and 200 calls, and 100 ms for the article's 10-call example (half the article's
+# 200 ms: the loop's 10 latencies against gather's one give the same ~10x, in half the time). The
+# limit sweep starts at 10: at 200 calls a limit of 5 is 40 waves, 2 s per sample, and adds nothing
+# to the curve that limit 10 does not show. (The scale of the course data matters only for the
+# database section; nothing here needs `full`'s size.)
 TINY = dict(latency_ms=15, claim_latency_ms=20, sizes=[1, 3, 10, 30, 100], limit_n=100,
             limits=[10, 20, 50, 100], cap_n=250, db_n=50, cpu_ms=5)
-LARGER = dict(latency_ms=50, claim_latency_ms=200, sizes=[1, 3, 10, 30, 100, 300], limit_n=200,
-              limits=[5, 10, 20, 50, 100, 200], cap_n=300, db_n=200, cpu_ms=25)
+LARGER = dict(latency_ms=50, claim_latency_ms=100, sizes=[1, 3, 10, 30, 100, 300], limit_n=200,
+              limits=[10, 20, 50, 100, 200], cap_n=300, db_n=200, cpu_ms=25)
 
 
 def settings(scale: str) -> dict:
@@ -25,12 +28,21 @@ def settings(scale: str) -> dict:
     return dict(TINY if scale == "tiny" else LARGER)
 
 
-def preset(min_rounds: int | None = None):
+# A fan-out against the slow service is latency-bound: its wall time barely varies from one run to
+# the next, so the default preset's 10 interleaved rounds give a tight CI and the extra rounds its
+# 15 s budget allows (up to 20) only add minutes to the sweeps. This budget still never cuts below
+# the preset's min_rounds.
+FAN_OUT_BUDGET_S = 5.0
+
+
+def preset(min_rounds: int | None = None, budget_seconds: float | None = None):
     """The preset the notebook measures with.
 
     Each sample here is one whole fan-out (tens or hundreds of ms): under the `fast` preset the rounds
     are capped at the minimum, 6, so that the sweeps fit the test budget; other presets are used as
     is. ``min_rounds``: at least that many rounds (ratios near 1 need more samples than big ones).
+    ``budget_seconds``: at most this time budget per comparison (never above the preset's own; the
+    preset's ``min_rounds`` are still run).
     """
     from perflab import harness  # the grader's sandbox imports NAMESPACE only: keep this module light
 
@@ -38,6 +50,10 @@ def preset(min_rounds: int | None = None):
     if chosen.name == "fast":
         chosen = harness.Preset("fast, 6 rounds", min_rounds=6, max_rounds=6,
                                 target_sample_seconds=0.002, budget_seconds=1.5)
+    if budget_seconds is not None and budget_seconds < chosen.budget_seconds:
+        chosen = harness.Preset(f"{chosen.name}, {budget_seconds:g} s budget", min_rounds=chosen.min_rounds,
+                                max_rounds=chosen.max_rounds, target_sample_seconds=chosen.target_sample_seconds,
+                                budget_seconds=budget_seconds)
     if min_rounds is None or chosen.min_rounds >= min_rounds:
         return chosen
     return harness.Preset(f"{chosen.name.split(',')[0]}, {min_rounds} rounds", min_rounds=min_rounds,
@@ -61,8 +77,12 @@ DB_POOL_SIZE = 10
 
 
 def customers(n: int) -> list[int]:
-    """``n`` customer ids spread over the first thousand (the same list at every run)."""
-    return [1 + (i * 37) % 1000 for i in range(n)]
+    """``n`` customer ids spread over ids 2-999 (the same list at every run).
+
+    Customer 1 is left out: it is topic 03's big tenant, a third of all orders, so its aggregate alone
+    took ~200 ms at `small` and every variant, one query included, was mostly that one customer's scan
+    instead of the section's "one small aggregate per customer"."""
+    return [2 + (i * 37) % 998 for i in range(n)]
 
 
 async def open_database(dsn: str, pool_size: int = DB_POOL_SIZE):
