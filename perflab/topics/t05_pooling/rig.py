@@ -42,4 +42,28 @@ def progress(items, desc: str):
             step.update(index + 1)
 
 
+def calibrate_cpu_work(admin, target_ms: float, n: int = 1_000_000) -> int:
+    """How many ``generate_series`` rows the server sums in ``target_ms``, timed by the server's own clock
+    (the minimum of 5: a neighbour's load can only make a call look slower, never faster)."""
+    timed = ("SELECT 1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()) "
+             "FROM (SELECT sum(g) FROM generate_series(1, %s) g) AS work")
+    per_call_ms = min(float(admin.execute(timed, (n,)).fetchone()[0]) for _ in range(5))
+    return max(1_000, int(n * target_ms / per_call_ms))
+
+
+def repeated(run, sizes, repeats: int, **kwargs) -> dict:
+    """``{size: {key: median of the runs, key_low: min, key_high: max}}`` of ``run(size, **kwargs)``, each
+    size run ``repeats`` times, the sizes in a rotated order each round (no size always runs first)."""
+    import numpy as np
+
+    sizes = list(sizes)
+    runs = {size: [] for size in sizes}
+    order = [size for r in range(repeats) for size in sizes[r:] + sizes[:r]]
+    for size in progress(order, desc="rate-limited" if kwargs.get("rate") else "saturation"):
+        runs[size].append(run(size, **kwargs))
+    return {size: {key: float(np.median([o[key] for o in outs])) for key in outs[0]}
+            | {f"{key}_low": min(o[key] for o in outs) for key in outs[0]}
+            | {f"{key}_high": max(o[key] for o in outs) for key in outs[0]} for size, outs in runs.items()}
+
+
 NAMESPACE = {"ORDER_SUMMARY_SQL": ORDER_SUMMARY_SQL, "POOL_SIZE": POOL_SIZE, "psycopg": psycopg}
