@@ -310,6 +310,13 @@ def workspace(name: str, scale: str | None = None) -> str:
     drop_orphans()
     ensure(scale, progress=True)
     with _admin() as conn, _advisory_lock(conn, "perflab-copies"):  # copy and comment it as one step
+        row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                           (target,)).fetchone()
+        owner = re.search(r"pid=(\d+)", (row[0] or "") if row else "")
+        if owner and int(owner.group(1)) != os.getpid() and stack._pid_alive(int(owner.group(1))):
+            # The same notebook in another live kernel (open in JupyterLab during `make run`, two tabs):
+            # a copy of this kernel's own, rather than dropping the copy that kernel is using.
+            target = f"{WORKSPACE_PREFIX}{slug[:30]}_{get_scale(scale).name}_{os.getpid()}"
         dsn = _clone(target, scale)
         conn.execute(f"COMMENT ON DATABASE \"{target}\" IS 'perflab workspace, pid={os.getpid()}'")
     return dsn

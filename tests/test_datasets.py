@@ -126,3 +126,25 @@ def test_a_throwaway_copy_is_dropped_on_interrupt_and_when_its_process_is_killed
         assert orphan in datasets.drop_orphans()
         assert mine in _databases()
     assert orphan not in _databases()
+
+
+def test_the_same_notebook_in_two_live_kernels_gets_two_copies(tiny_data):
+    """A notebook open in JupyterLab while `make run` (or a test) runs it too: neither drops the other's copy."""
+    import subprocess
+    import sys
+
+    from perflab import datasets
+
+    mine = datasets.workspace("99_two_kernels", "tiny")
+    code = ("import time; from perflab import datasets; print(datasets.workspace('99_two_kernels', 'tiny'), "
+            "flush=True); time.sleep(30)")
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        theirs = other.stdout.readline().strip()
+        assert theirs and theirs != mine
+        with psycopg.connect(mine) as conn:  # ours was not dropped to make theirs
+            assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] > 0
+    finally:
+        other.kill()
+        other.wait()
+    assert any("99_two_kernels" in name for name in datasets.drop_orphans())
