@@ -27,6 +27,7 @@ All locations come from `perflab.paths`, read at call time.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -309,6 +310,20 @@ def environment() -> dict:
     }
 
 
+@contextlib.contextmanager
+def _build_lock(build: Path):
+    """One writer at a time of the build folder's run.json, summary.json and pages."""
+    import fcntl
+
+    build.mkdir(parents=True, exist_ok=True)
+    with open(build / ".report.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _load_runs() -> list[dict]:
     path = Path(paths.BUILD_DIR) / RUN_FILE
     try:
@@ -489,7 +504,7 @@ def run_course(
         if progress:
             print(text, end=end, flush=True)
 
-    runs = {run.get("notebook"): run for run in _load_runs()}
+    runs: dict[str, dict] = {}  # this call's; merged with the file's under the lock at the end
     failed: list[Path] = []
     started = time.monotonic()
     for number, path in enumerate(selected, 1):
@@ -541,12 +556,14 @@ def run_course(
                 for c in (outcome.cells if outcome else [])
             ],
         }
-    ordered = sorted(runs.values(), key=lambda run: str(run.get("file") or run.get("notebook")))
-    _write_json(build / RUN_FILE, ordered)
-    _write_json(build / "wall.json", {"seconds": round(time.monotonic() - started, 1),
-                                       "notebooks": [p.stem for p in selected], "finished": _now()})
-    build_summary()
-    index = write_index()
+    with _build_lock(build):  # several processes may run notebooks into one build folder (`make test`)
+        runs = {run.get("notebook"): run for run in _load_runs()} | runs
+        ordered = sorted(runs.values(), key=lambda run: str(run.get("file") or run.get("notebook")))
+        _write_json(build / RUN_FILE, ordered)
+        _write_json(build / "wall.json", {"seconds": round(time.monotonic() - started, 1),
+                                           "notebooks": [p.stem for p in selected], "finished": _now()})
+        build_summary()
+        index = write_index()
     say(f"{len(selected) - len(failed)}/{len(selected)} notebooks ran in {time.monotonic() - started:.0f} s; report: {index}")
     if failed:
         say("failed: " + ", ".join(p.name for p in failed) + " (their cells' errors are above and in build/*.html)")

@@ -65,7 +65,11 @@ def format_factor(value: float, precision_of: float | None = None) -> str:
         return f"{value:.2f}"
     if reference < 100:
         return f"{value:.1f}"
-    return f"{value:.0f}"
+    if reference < 10_000:
+        return f"{value:.0f}"
+    # five digits and more: three significant ones, grouped ("292,000", not "292384": the rest is noise)
+    digits = int(math.floor(math.log10(reference))) - 2
+    return f"{round(value, -digits):,.0f}"
 
 
 def format_bytes(size: float) -> str:

@@ -16,12 +16,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 
 
-# `make test` runs test files in parallel (pytest-xdist, `-n 3 --dist loadgroup`): most of a run is spent
-# waiting on servers, kernels and sleeps, not on the 2 cores. Each file is one unit of work (its module
-# fixtures, e.g. the browser test's JupyterLab, start once); a lab's tests in test_labs.py go with its own
-# test file (they share its graded solution and starter, `labtools.graded`); the report's audit goes with
-# the lesson notebooks whose run it reads. The controller starts the servers and builds the tiny data
-# before any worker starts, and stops them at the end.
+# `make test` runs tests in parallel (pytest-xdist, `--dist loadgroup`): most of a run is spent waiting on
+# servers, kernels and sleeps, not on the 2 cores. Each file is one unit of work (its module fixtures, e.g.
+# the browser test's JupyterLab, start once); a lab's tests in test_labs.py go with its own test file (they
+# share its graded solution and starter, `labtools.graded`); each lesson notebook is a unit of its own
+# (`CourseRun` runs it once per session, whichever process asks first). The controller starts the servers,
+# builds the tiny data and clears the build folder before any worker starts, and stops the servers at the end.
 def _is_worker(config) -> bool:
     return hasattr(config, "workerinput")
 
@@ -31,18 +31,22 @@ def _parallel(config) -> bool:
 
 
 # The read replica is one server: notebook 11, lab 11 and the replica tests each change its apply delay and
-# read its lag, so they run one after another, in the lesson notebooks' worker.
+# read its lag, so they run one after another, in one process.
 _REPLICA_USERS = ("test_replica", "test_lab11")
 
 
 def _group(item) -> str:
     path = Path(str(item.fspath)).stem
-    if "course_run" in getattr(item, "fixturenames", ()) or path in _REPLICA_USERS:
-        return "notebooks"
-    if path == "test_labs" and getattr(getattr(item, "callspec", None), "params", {}).get("lab") == "11":
-        return "notebooks"
-    if path == "test_labs" and hasattr(item, "callspec") and "lab" in item.callspec.params:
-        return "lab" + str(item.callspec.params["lab"])
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if path in _REPLICA_USERS or (path == "test_labs" and params.get("lab") == "11"):
+        return "replica"
+    if "course_run" in getattr(item, "fixturenames", ()):
+        notebook = params.get("notebook")
+        if notebook is None:
+            return "report-audit"  # it runs (or waits for) whatever lesson no other process has run yet
+        return "replica" if Path(notebook).name.startswith("11_") else "lesson-" + Path(notebook).name[:2]
+    if path == "test_labs" and "lab" in params:
+        return "lab" + str(params["lab"])
     if path.startswith("test_lab") and path[len("test_lab"):].isdigit():
         return "lab" + path[len("test_lab"):]
     return path
@@ -62,6 +66,7 @@ def pytest_sessionstart(session):
     session.config._perflab_was_running = all(row["health"] == "healthy" for row in stack.status())
     stack.ensure()
     datasets.ensure("tiny", progress=False)
+    _fresh_course_build()
 
 
 _STARTED: set[str] = set()
@@ -129,32 +134,50 @@ def scratch_db(tiny_data):
         yield dsn
 
 
+def _fresh_course_build() -> None:
+    """What an earlier session left (a figure since renamed, a result since removed) is not this run's."""
+    import shutil
+
+    from perflab import paths
+
+    for folder in ("figures", "figure-notes", "results", "claims", "course-run"):
+        shutil.rmtree(Path(paths.BUILD_DIR) / folder, ignore_errors=True)
+
+
 class CourseRun:
-    """The lesson notebooks executed at tiny into the session's build folder by `report.run_course`, once each:
-    test_course_notebooks runs them one by one, and the report's audit reads what they left."""
+    """The lesson notebooks executed at tiny into the session's build folder by `report.run_course`, once each
+    per session, whichever test process asks first (others wait for it and read its outcome): the lesson
+    tests run them, and the report's audit reads what they left."""
 
     def __init__(self) -> None:
-        import shutil
-
-        from perflab import paths
-
         self.ran: dict[str, bool] = {}
-        # What an earlier session left (a figure since renamed, a result since removed) is not this run's.
-        for folder in ("figures", "figure-notes", "results", "claims"):
-            shutil.rmtree(Path(paths.BUILD_DIR) / folder, ignore_errors=True)
 
     def run(self, notebook) -> bool:
-        from perflab import report
+        import fcntl
+        import json
+
+        from perflab import paths, report
 
         name = Path(notebook).stem
         if name not in self.ran:
-            failed = report.run_course(scale="tiny", notebooks=[notebook], progress=False, cell_timeout=300)
-            self.ran[name] = not failed
+            folder = Path(paths.BUILD_DIR) / "course-run"
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / f"{name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                done = folder / f"{name}.json"
+                if done.exists():
+                    self.ran[name] = json.loads(done.read_text())["ok"]
+                else:
+                    failed = report.run_course(scale="tiny", notebooks=[notebook], progress=False, cell_timeout=300)
+                    self.ran[name] = not failed
+                    done.write_text(json.dumps({"ok": self.ran[name]}))
         return self.ran[name]
 
 
 @pytest.fixture(scope="session")
-def course_run(tiny_data):
+def course_run(tiny_data, request):
+    if not _is_worker(request.config):  # a parallel run's controller made it fresh before the workers started
+        _fresh_course_build()
     return CourseRun()
 
 
