@@ -13,7 +13,7 @@ import contextlib
 import textwrap
 from pathlib import Path
 
-from labtools import TIMED, expect, fails, graded, passes, solution_answers
+from labtools import TIMED, Expected, expect, fails, graded, passes, solution_answers
 
 from perflab.grading import grader
 from perflab.grading.grader import GradingContext, RecordedFunction
@@ -90,8 +90,10 @@ def open_router(primary_dsn, replica_dsn):
 
     return route, primary.close
 '''
-    expect(judge(primary_only, [STALE, SHARE]),
-           {STALE: passes(), SHARE: fails("served by the replica (0 of", "replica does no work")})
+    # failed, or inconclusive when the replica lagged so far that the reference router missed 50% too
+    # (other test processes' clones keep it busy): never passed
+    never_passed = Expected(frozenset({"failed", "inconclusive"}), ("replica",))
+    expect(judge(primary_only, [STALE, SHARE]), {STALE: passes(), SHARE: never_passed})
 
 
 def test_a_router_that_caches_reads_is_caught_by_the_servers_counts(tiny_data):
