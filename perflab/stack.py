@@ -1380,6 +1380,17 @@ def _wait_for_setting(replica: Replica, delay: str, timeout: float = 5.0) -> Non
             time.sleep(0.02)
 
 
+def prepare_replication() -> list[str]:
+    """Switch the primary to ``wal_level = replica`` now (one restart, kept afterwards), so that a replica's
+    first use later does not restart the server under work that is running (`make test` calls it before its
+    test processes start). Nothing on a server of your own (DATABASE_URL)."""
+    if _override("DATABASE_URL"):
+        return []
+    ensure()
+    with _stack_lock():
+        return _enable_replication_on_primary(_load_state())
+
+
 def ensure_replica(apply_delay_ms: int | None = None) -> Replica:
     """The running replica (started if it is down); ``apply_delay_ms`` sets ``recovery_min_apply_delay``."""
     replica = _current_replica()

@@ -65,6 +65,7 @@ def pytest_sessionstart(session):
 
     session.config._perflab_was_running = all(row["health"] == "healthy" for row in stack.status())
     stack.ensure()
+    stack.prepare_replication()  # the replica's first use would restart the primary under the other processes
     datasets.ensure("tiny", progress=False)
     _fresh_course_build()
 

@@ -28,7 +28,8 @@ def test_the_starter_scores_nothing(tiny_data):
 def test_no_new_index_is_judged_with_the_reasons(tiny_data, tmp_path):
     """Not the starter's empty list, but it creates nothing (the index exists already): judged, and fails."""
     nothing = 'TAIL_INDEXES = ["CREATE INDEX IF NOT EXISTS orders_customer_id_idx ON orders (customer_id)"]'
-    expect(_grade(tmp_path, nothing), {BUDGET: fails("creates no index"), PLANS: fails("rows of orders"), P99: SLOW})
+    # (its p99 at tiny is a timing: judged by the grader, not pinned by a test beside other test processes)
+    expect(_grade(tmp_path, nothing), {BUDGET: fails("creates no index"), PLANS: fails("rows of orders")})
 
 
 def test_right_but_slow_fails_on_rows_read(tiny_data, tmp_path):

@@ -57,6 +57,12 @@ def speedup_verdict(result: harness.Comparison, what: str, hint: str, share: flo
     if submission_gain.clear and submission_gain.value >= needed:
         return CheckResult.ok(f"{submission_gain.value:.1f}x faster than the original "
                               f"(the reference answer: {reference_gain.value:.1f}x)", **details)
+    if submission_gain.clear and submission_gain.ci_high >= needed:
+        # Short of the mark, but the mark is inside the 95% CI: this run cannot tell (a busy machine); a
+        # noisy run is never a fail.
+        raise Inconclusive(f"{what} against the original: {submission_gain}; at least {needed:.1f}x is expected "
+                           f"(half the reference answer's {reference_gain.value:.1f}x), inside this run's "
+                           f"confidence interval: too close to call here; rerun the grader")
     return CheckResult.fail(
         f"{what} against the original: {submission_gain}, but the reference answer is "
         f"{reference_gain.value:.1f}x faster here; at least {needed:.1f}x is expected. {hint}", **details)
