@@ -552,9 +552,13 @@ def _wait_for(dsn: str, orders: list[str], w: Worker, r, *, since_run_id: int = 
     the broker (``visibility_s`` after its delivery; None: wait for the worker to settle every
     unacknowledged message itself) before the deadline. Returns how many messages were still held
     by the broker at the end."""
+    from perflab import progress as tracking
+
     settled_since = None
     while True:
         done = _count(dsn, "SELECT count(*) FROM public.order_reports WHERE order_id = ANY(%s)", orders)
+        if (tracker := tracking.current()) is not None and tracker.unit == "orders":  # a crash experiment's line
+            tracker.update(min(done, tracker.total), detail=f"{done} of {len(orders)} orders reported")
         running = _count(dsn, "SELECT count(*) FROM public.order_runs WHERE id > %s AND finished_at IS NULL "
                               "AND NOT id = ANY(%s)", since_run_id, list(ignore_runs))
         queued, unacked = w.queued(r), w.unacked(r)
@@ -615,11 +619,14 @@ def kill_worker_mid_run(job: Callable | str, settings: dict, dsn: str, *, jobs: 
     ``broker`` and ``start``: as for :func:`worker`."""
     from perflab import stack
 
+    from perflab import progress as tracking
+
     job_dsn, dsn = dsn, count_dsn or dsn
     reset(dsn)
     r = stack.redis_client(broker or stack.ensure().redis_url)
     orders = [f"kill-{i}" for i in range(jobs)]
-    with worker(job, settings, job_dsn, concurrency=concurrency, label="kill", broker=broker, start=start) as w:
+    with tracking.track(jobs, unit="orders", what="kill -9 mid-run, then redelivery"), \
+            worker(job, settings, job_dsn, concurrency=concurrency, label="kill", broker=broker, start=start) as w:
         for order in orders:
             w.client.send_task(TASK_NAME, args=[order])
         _wait_running(dsn, concurrency, w)

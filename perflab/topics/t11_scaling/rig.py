@@ -278,6 +278,13 @@ def read_load(dsns: list[str], concurrency: int, seconds: float, *, pids: dict[s
     began = time.perf_counter()
     stop_at[0] = began + seconds
     start.wait()
+    from perflab import progress as tracking
+
+    ticks = max(1, round(seconds * 10))  # a time-bound run: progress in tenths of its seconds
+    with tracking.track(ticks, unit="0.1 s", what=f"reads from {concurrency} clients") as step:
+        while any(t.is_alive() for t in threads):
+            threads[0].join(0.1)
+            step.update(min(ticks, int((time.perf_counter() - began) * 10)))
     for t in threads:
         t.join()
     wall = time.perf_counter() - began
@@ -303,13 +310,19 @@ def concurrency_sweep(configs: dict[str, list[str]], levels: list[int], seconds:
     moment on the machine spreads over all points instead of landing on one). Returns a DataFrame."""
     import pandas as pd
 
+    from perflab import progress as tracking
+
     rows = []
     rng = random.Random(2024)
-    for r in range(rounds):
-        plan = [(name, n) for name in configs for n in levels]
-        rng.shuffle(plan)
-        for name, n in plan:
-            rows.append({"config": name, "round": r, **read_load(configs[name], n, seconds, pids=pids)})
+    points = [(name, n) for name in configs for n in levels]
+    with tracking.track(rounds * len(points), unit="points", what="read sweep") as step:
+        for r in range(rounds):
+            plan = list(points)
+            rng.shuffle(plan)
+            for name, n in plan:
+                step.update(detail=f"{name}, {n} clients")
+                rows.append({"config": name, "round": r, **read_load(configs[name], n, seconds, pids=pids)})
+                step.advance()
     return pd.DataFrame(rows)
 
 
@@ -362,23 +375,28 @@ def lag_under_writes(primary_dsn: str, replica_dsn: str, *, rate: float, seconds
     thread = threading.Thread(target=write_loop, daemon=True)
     thread.start()
     rows = []
-    try:
-        while time.perf_counter() - began < seconds:
-            t = time.perf_counter()
-            primary_lsn = p_probe.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
-            visible, behind = r_probe.execute(
-                "SELECT (SELECT seq FROM heartbeat WHERE id = 1), pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())",
-                (primary_lsn,)).fetchone()
-            oldest_missing = committed.get((visible or base_seq) + 1)
-            lag = max(0.0, t - oldest_missing) if oldest_missing is not None and oldest_missing <= t else 0.0
-            rows.append({"t_s": t - began, "lag_bytes": max(0, int(behind or 0)), "lag_ms": lag * 1000,
-                         "written": len(committed), "visible": (visible or base_seq) - base_seq})
-            time.sleep(max(0.0, sample_every - (time.perf_counter() - t)))
-    finally:
-        stop.set()
-        thread.join(5)
-        for conn in (writer, p_probe, r_probe):
-            conn.close()
+    from perflab import progress as tracking
+
+    ticks = max(1, round(seconds * 10))
+    with tracking.track(ticks, unit="0.1 s", what=f"{rate:g} writes/s, lag sampled") as tracker:
+        try:
+            while time.perf_counter() - began < seconds:
+                t = time.perf_counter()
+                tracker.update(min(ticks, int((t - began) * 10)))
+                primary_lsn = p_probe.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+                visible, behind = r_probe.execute(
+                    "SELECT (SELECT seq FROM heartbeat WHERE id = 1), pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())",
+                    (primary_lsn,)).fetchone()
+                oldest_missing = committed.get((visible or base_seq) + 1)
+                lag = max(0.0, t - oldest_missing) if oldest_missing is not None and oldest_missing <= t else 0.0
+                rows.append({"t_s": t - began, "lag_bytes": max(0, int(behind or 0)), "lag_ms": lag * 1000,
+                             "written": len(committed), "visible": (visible or base_seq) - base_seq})
+                time.sleep(max(0.0, sample_every - (time.perf_counter() - t)))
+        finally:
+            stop.set()
+            thread.join(5)
+            for conn in (writer, p_probe, r_probe):
+                conn.close()
     wall = time.perf_counter() - began
     frame = pd.DataFrame(rows)
     frame.attrs.update(rate=rate, writes=len(committed), seconds=seconds, synchronous_commit=synchronous_commit,
