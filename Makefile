@@ -87,7 +87,8 @@ lab: data
 	@mkdir -p work/notebooks work/labs
 	@for f in notebooks/*.ipynb labs/*.ipynb; do test -e "work/$$f" || cp "$$f" "work/$$f"; done
 	@echo "JupyterLab on 127.0.0.1 only; open the URL with the token printed below. Your copies: work/notebooks, work/labs"
-	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=$(CURDIR)/work $(if $(filter 0,$(shell id -u)),--allow-root,)
+	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=$(CURDIR)/work \
+	  --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # `+`: run in question mode (see MAKEFLAGS above); set-up runs in a sub-make of its own, not in question mode.
 grade:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from time import perf_counter
 
-__all__ = ["track", "listen", "refresh", "State", "Tracker", "SHOW_AFTER", "REFRESH"]
+__all__ = ["track", "track_seconds", "listen", "refresh", "State", "Tracker", "SHOW_AFTER", "REFRESH"]
 
 SHOW_AFTER = 2.0   # seconds before the line appears: short measurements show nothing
 REFRESH = 0.5      # seconds between redraws of the line
@@ -236,6 +236,27 @@ def track(total: int, unit: str = "rounds", what: str = "") -> Iterator[Tracker]
     finally:
         stack.pop()
         tracker.finish(failed)
+
+
+@contextlib.contextmanager
+def track_seconds(seconds: float, what: str = "") -> Iterator[Callable[[], None]]:
+    """A tracker for a run bounded by time, not by a count: progress in tenths of its ``seconds``.
+
+    Yields ``tick()``; call it now and then (from the thread that opened it) to report the time elapsed::
+
+        with progress.track_seconds(3, what="200 writes/s") as tick:
+            while running():
+                ...
+                tick()
+    """
+    ticks = max(1, round(seconds * 10))
+    with track(ticks, unit="0.1 s", what=what) as tracker:
+        began = perf_counter()
+
+        def tick() -> None:
+            tracker.update(min(ticks, int((perf_counter() - began) * 10)))
+
+        yield tick
 
 
 def refresh() -> None:

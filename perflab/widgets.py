@@ -432,8 +432,10 @@ class Panel:
         if outcome.counters:
             import pandas as pd
 
+            from perflab.units import format_value
+
             flat = _flatten(outcome.counters)
-            shown.append(pd.DataFrame({"counter": list(flat), "value": [str(v) for v in flat.values()]})
+            shown.append(pd.DataFrame({"counter": list(flat), "value": [format_value(v) for v in flat.values()]})
                          .set_index("counter"))
         self.output.outputs = tuple(_display_data(item) for item in shown if item is not None)
 

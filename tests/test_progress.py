@@ -59,6 +59,22 @@ def test_other_front_ends_report(capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_a_time_bound_run_reports_tenths_of_its_seconds_and_nests(capsys):
+    states, listening = _collect()
+    with listening, progress.track(2, unit="routers", what="two runs") as outer:
+        for _ in range(2):
+            with progress.track_seconds(0.3, what="reads") as tick:
+                end = time.perf_counter() + 0.35
+                while time.perf_counter() < end:
+                    time.sleep(0.05)
+                    tick()
+            outer.advance()
+    _check_counts(states)
+    assert states[-1].unit == "routers" and states[-1].done == 2
+    assert any("/3 0.1 s" in s.detail for s in states)   # the inner run's tenths, shown on the outer line
+    assert capsys.readouterr().out == ""
+
+
 def test_a_failed_measurement_does_not_claim_it_finished():
     states, listening = _collect()
     with listening, pytest.raises(harness.AnswerMismatch):

@@ -6,6 +6,7 @@ replication lag sampled, read-your-writes trials, and the Universal Scalability 
     rig.read_load([nodes.primary_dsn, nodes.replica_dsn], concurrency=4, seconds=1)   # throughput, latency, CPU
     rig.lag_under_writes(nodes, rate=200, seconds=3)                # lag in bytes and in time, sampled
     rig.ryw_trials(route, nodes, sessions=8, trials=10)             # stale reads of a session's own writes
+    rig.compare_routers([naive, sticky], nodes, trials=10)          # the same for several routers, one progress line
     rig.fit_usl(points)                                             # sigma, kappa, lambda with bootstrap CIs
 
 A router (the notebook's variants and the lab's answer) is ``route(session, sql, params=(), write=False)``:
@@ -280,11 +281,10 @@ def read_load(dsns: list[str], concurrency: int, seconds: float, *, pids: dict[s
     start.wait()
     from perflab import progress as tracking
 
-    ticks = max(1, round(seconds * 10))  # a time-bound run: progress in tenths of its seconds
-    with tracking.track(ticks, unit="0.1 s", what=f"reads from {concurrency} clients") as step:
+    with tracking.track_seconds(seconds, what=f"reads from {concurrency} clients") as tick:
         while any(t.is_alive() for t in threads):
             threads[0].join(0.1)
-            step.update(min(ticks, int((time.perf_counter() - began) * 10)))
+            tick()
     for t in threads:
         t.join()
     wall = time.perf_counter() - began
@@ -377,12 +377,11 @@ def lag_under_writes(primary_dsn: str, replica_dsn: str, *, rate: float, seconds
     rows = []
     from perflab import progress as tracking
 
-    ticks = max(1, round(seconds * 10))
-    with tracking.track(ticks, unit="0.1 s", what=f"{rate:g} writes/s, lag sampled") as tracker:
+    with tracking.track_seconds(seconds, what=f"{rate:g} writes/s, lag sampled") as tick:
         try:
             while time.perf_counter() - began < seconds:
                 t = time.perf_counter()
-                tracker.update(min(ticks, int((t - began) * 10)))
+                tick()
                 primary_lsn = p_probe.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
                 visible, behind = r_probe.execute(
                     "SELECT (SELECT seq FROM heartbeat WHERE id = 1), pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())",
@@ -489,6 +488,27 @@ def ryw_trials(route: Callable, nodes: Nodes | None = None, *, sessions: int = 8
             "read mean ms": float(lat.mean()) if total else math.nan,
             "wall s": wall, "stale by delay": {d: f"{s}/{n}" for d, (n, s) in by_delay.items()},
             "errors": errors, "unfinished": sum(t.is_alive() for t in threads)}
+
+
+def compare_routers(routers: list[Callable], nodes: Nodes, *, sessions: int = 8, trials: int = 10,
+                    read_after_ms: tuple[float, ...] = (0,)) -> tuple[dict, dict]:
+    """:func:`ryw_trials` for every router in turn, each with its own ``sessions`` users (so no router reads
+    a row another one wrote), under one progress line. Returns ``(results, stale_by_delay)``, both keyed
+    by the router's docstring; a router that raised stops the comparison with its error."""
+    from perflab import progress as tracking
+
+    results, by_delay = {}, {}
+    with tracking.track(len(routers), unit="routers", what="read-your-writes") as step:
+        for offset, route in enumerate(routers):
+            step.update(detail=route.__doc__)
+            result = ryw_trials(route, nodes, sessions=sessions, trials=trials, read_after_ms=read_after_ms,
+                                users_offset=sessions * offset)
+            if result["errors"]:
+                raise RuntimeError(f"router {route.__doc__!r} raised: {result['errors'][0]!r}") from result["errors"][0]
+            results[route.__doc__] = {k: v for k, v in result.items() if k not in ("errors", "unfinished", "writes")}
+            by_delay[route.__doc__] = result["stale by delay"]
+            step.advance()
+    return results, by_delay
 
 
 # ------------------------------------------------------------------------------------------------
