@@ -29,6 +29,7 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Iterator
 
@@ -215,8 +216,7 @@ def _build_into(conn, spec: Scale, target: str, as_template: bool, progress: boo
             steps.set_postfix_str("VACUUM (FREEZE, ANALYZE)", refresh=tty)
             # FREEZE + ANALYZE: statistics for the planner, and an all-visible map so that Index
             # Only Scans work from the first lesson (the lesson on heap fetches shows the opposite).
-            data_conn.execute("VACUUM (FREEZE, ANALYZE)")
-            _check_settled(data_conn)
+            vacuum_until_visible(data_conn, freeze=True)
             rows = {table: data_conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                     for table in ("customers", "products", "orders", "order_items")}
             seconds = time.perf_counter() - started
@@ -256,14 +256,32 @@ class _LinePerUpdate:
         self.stream.flush()
 
 
-def _check_settled(data_conn) -> None:
-    """Every table of the course data is all-visible after the build's VACUUM, else VACUUM again (for up to 15 s)."""
-    query = ("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' "
-             "AND relpages > 0 AND relallvisible < relpages")
-    deadline = time.monotonic() + 15  # a replica's hot_standby_feedback holds VACUUM back until it replays
-    while data_conn.execute(query).fetchone()[0] and time.monotonic() < deadline:
-        time.sleep(0.5)
-        data_conn.execute("VACUUM (FREEZE, ANALYZE)")
+def vacuum_until_visible(conn, *tables: str, freeze: bool = False, wait_seconds: float = 15.0,
+                         before: Callable[[], None] | None = None) -> dict[str, tuple[int, int]]:
+    """VACUUM (ANALYZE; FREEZE with ``freeze``) each of ``tables`` (all of the public schema's when none
+    are named) until its pages are all-visible, for up to ``wait_seconds`` per table; returns
+    ``{table: (pages, all-visible pages)}`` as reached.
+
+    Pages stay not-all-visible while some session holds an older snapshot, and so does a read replica with
+    ``hot_standby_feedback`` until it has replayed the write: this waits and VACUUMs again rather than
+    leave (or time) an unsettled table. ``before`` runs before each VACUUM (e.g. a WAL flush)."""
+    names = list(tables) or [row[0] for row in conn.execute(
+        "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' ORDER BY 1")]
+    option = "FREEZE, ANALYZE" if freeze else "ANALYZE"
+    state = {}
+    for table in names:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            if before is not None:
+                before()
+            conn.execute(f'VACUUM ({option}) "{table}"')
+            pages, visible = (int(v) for v in conn.execute(
+                "SELECT relpages, relallvisible FROM pg_class WHERE oid = %s::regclass", (f'"{table}"',)).fetchone())
+            if visible >= pages or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        state[table] = (pages, visible)
+    return state
 
 
 def _describe(statement: str) -> str:
@@ -312,14 +330,21 @@ def workspace(name: str, scale: str | None = None) -> str:
     with _admin() as conn, _advisory_lock(conn, "perflab-copies"):  # copy and comment it as one step
         row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                            (target,)).fetchone()
-        owner = re.search(r"pid=(\d+)", (row[0] or "") if row else "")
-        if owner and int(owner.group(1)) != os.getpid() and stack._pid_alive(int(owner.group(1))):
+        owner = _owner(target, row[0] if row else None)
+        if owner not in (None, os.getpid()) and stack._pid_alive(owner):
             # The same notebook in another live kernel (open in JupyterLab during `make run`, two tabs):
             # a copy of this kernel's own, rather than dropping the copy that kernel is using.
             target = f"{WORKSPACE_PREFIX}{slug[:30]}_{get_scale(scale).name}_{os.getpid()}"
         dsn = _clone(target, scale)
         conn.execute(f"COMMENT ON DATABASE \"{target}\" IS 'perflab workspace, pid={os.getpid()}'")
     return dsn
+
+
+def _owner(name: str, comment: str | None) -> int | None:
+    """The pid of the process a copy belongs to: in a throwaway's name, or in a workspace's comment."""
+    found = (re.fullmatch(re.escape(CLONE_PREFIX) + r"(\d+)_[0-9a-f]+", name)
+             or re.search(r"pid=(\d+)", comment or ""))
+    return int(found.group(1)) if found else None
 
 
 @contextlib.contextmanager
@@ -352,9 +377,8 @@ def drop_orphans() -> list[str]:
                     continue
                 conn.execute("SELECT pg_advisory_unlock(hashtext('perflab-build'))")
             else:
-                found = (re.fullmatch(re.escape(CLONE_PREFIX) + r"(\d+)_[0-9a-f]+", name)
-                         or re.search(r"pid=(\d+)", comment or ""))
-                if connected or (found and stack._pid_alive(int(found.group(1)))):
+                owner = _owner(name, comment)
+                if connected or (owner is not None and stack._pid_alive(owner)):
                     continue
             _drop_database(conn, name)
             orphans.append(name)

@@ -46,3 +46,15 @@ def current_scale() -> str:
             f"PERFLAB_SCALE={scale!r} is not a course scale; use one of {', '.join(SCALES)}"
         )
     return scale
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes used by the files under ``folder`` (0 if it is missing; unreadable files are skipped)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total

@@ -334,16 +334,15 @@ def _load_runs() -> list[dict]:
 
 
 def _folder_bytes(folder: Path) -> int | None:
-    if not folder.exists():
-        return None
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                continue
-    return total
+    return paths.folder_bytes(folder) if folder.exists() else None
+
+
+def refresh_summary() -> Path:
+    """summary.json and index.html again (e.g. the disk figures after ``make run`` cleaned up)."""
+    build = Path(paths.BUILD_DIR)
+    with _build_lock(build):
+        build_summary()
+        return write_index()
 
 
 def _cells_by_key(stem: str, cache: dict) -> dict[str, dict]:

@@ -39,6 +39,7 @@ from typing import Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from perflab import paths
+from perflab.paths import folder_bytes  # re-exported: `perflab stack status` and the CLI use it from here
 
 # Non-default ports, so a system PostgreSQL/Redis on 5432/6379 never collides with the course's.
 DEFAULT_PG_PORT = 55432
@@ -716,18 +717,6 @@ def status() -> list[dict]:
                     | {"managed": not _replica_override(),
                        "disk": _human_bytes(folder_bytes(row["data_dir"])) if row.get("data_dir") else None})
     return rows
-
-
-def folder_bytes(folder: str | Path) -> int:
-    """Bytes used by the files under ``folder`` (0 if it is missing; unreadable files are skipped)."""
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def _human_bytes(size: float) -> str:

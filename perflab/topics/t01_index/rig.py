@@ -26,8 +26,6 @@ range query only the window; the settings are printed (:func:`describe`) so a le
 """
 from __future__ import annotations
 
-import time
-
 __all__ = ["PINNED", "pin", "settle", "warm", "describe", "prepare"]
 
 # Session settings of every connection the notebook times on (``SET``, this session only).
@@ -52,31 +50,14 @@ def _flush_wal(conn) -> None:
         conn.execute("SELECT pg_current_xact_id()")
 
 
-def _visible(conn, table: str) -> tuple[int, int]:
-    pages, visible = conn.execute(
-        "SELECT relpages, relallvisible FROM pg_class WHERE oid = %s::regclass", (table,)).fetchone()
-    return int(pages), int(visible)
-
-
 def settle(conn, *tables: str, wait_seconds: float = 15.0) -> dict[str, tuple[int, int]]:
-    """Flush the WAL, ``VACUUM (ANALYZE)`` each table, and check that its pages are all-visible.
+    """Flush the WAL, ``VACUUM (ANALYZE)`` each table, and check that its pages are all-visible (again, for
+    up to ``wait_seconds``, while a snapshot or topic 11's replica holds VACUUM back: see
+    ``datasets.vacuum_until_visible``). Returns ``{table: (pages, all-visible pages)}`` as reached (printed
+    by :func:`describe`)."""
+    from perflab import datasets
 
-    Returns ``{table: (pages, all-visible pages)}``. Pages stay not-all-visible while some session holds an
-    older snapshot, and so does a read replica with ``hot_standby_feedback`` (topic 11 starts one) until
-    it has replayed the write; then this waits and VACUUMs again, for up to ``wait_seconds``, rather than
-    time an unsettled table. What it reached is returned (and printed by :func:`describe`)."""
-    state = {}
-    for table in tables:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            _flush_wal(conn)
-            conn.execute(f"VACUUM (ANALYZE) {table}")
-            pages, visible = _visible(conn, table)
-            if visible >= pages or time.monotonic() > deadline:
-                break
-            time.sleep(0.25)
-        state[table] = (pages, visible)
-    return state
+    return datasets.vacuum_until_visible(conn, *tables, wait_seconds=wait_seconds, before=lambda: _flush_wal(conn))
 
 
 def _indexes(conn, table: str) -> list[tuple[str, str]]:

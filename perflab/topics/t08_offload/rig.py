@@ -546,18 +546,17 @@ class Delivery:
 
 
 def _wait_for(dsn: str, orders: list[str], w: Worker, r, *, since_run_id: int = 0,
-              ignore_runs: tuple = (), deadline: float, visibility_s: float | None) -> int:
+              ignore_runs: tuple = (), deadline: float, visibility_s: float | None, tracker=None) -> int:
     """Wait until every order has its report, or nothing more can happen before ``deadline`` (a
     ``time.time()``): no message queued, none running, and any unacknowledged one not due back from
     the broker (``visibility_s`` after its delivery; None: wait for the worker to settle every
     unacknowledged message itself) before the deadline. Returns how many messages were still held
-    by the broker at the end."""
-    from perflab import progress as tracking
-
+    by the broker at the end. ``tracker`` (a ``perflab.progress`` tracker counting orders) is told how many
+    orders have their report."""
     settled_since = None
     while True:
         done = _count(dsn, "SELECT count(*) FROM public.order_reports WHERE order_id = ANY(%s)", orders)
-        if (tracker := tracking.current()) is not None and tracker.unit == "orders":  # a crash experiment's line
+        if tracker is not None:
             tracker.update(min(done, tracker.total), detail=f"{done} of {len(orders)} orders reported")
         running = _count(dsn, "SELECT count(*) FROM public.order_runs WHERE id > %s AND finished_at IS NULL "
                               "AND NOT id = ANY(%s)", since_run_id, list(ignore_runs))
@@ -617,15 +616,14 @@ def kill_worker_mid_run(job: Callable | str, settings: dict, dsn: str, *, jobs: 
 
     ``count_dsn``: where the rig resets and counts (default ``dsn``, what the job connects with);
     ``broker`` and ``start``: as for :func:`worker`."""
-    from perflab import stack
-
     from perflab import progress as tracking
+    from perflab import stack
 
     job_dsn, dsn = dsn, count_dsn or dsn
     reset(dsn)
     r = stack.redis_client(broker or stack.ensure().redis_url)
     orders = [f"kill-{i}" for i in range(jobs)]
-    with tracking.track(jobs, unit="orders", what="kill -9 mid-run, then redelivery"), \
+    with tracking.track(jobs, unit="orders", what="kill -9 mid-run, then redelivery") as tracker, \
             worker(job, settings, job_dsn, concurrency=concurrency, label="kill", broker=broker, start=start) as w:
         for order in orders:
             w.client.send_task(TASK_NAME, args=[order])
@@ -638,7 +636,8 @@ def kill_worker_mid_run(job: Callable | str, settings: dict, dsn: str, *, jobs: 
         with w.another() as fresh:
             again = Worker(fresh, w.client, w.queue, w.prefix, w.env, w.names)
             pending = _wait_for(dsn, orders, again, r, since_run_id=last, deadline=killed_at + wait_s,
-                                visibility_s=visibility_timeout(settings or {}) or KOMBU_VISIBILITY_TIMEOUT_S)
+                                visibility_s=visibility_timeout(settings or {}) or KOMBU_VISIBILITY_TIMEOUT_S,
+                                tracker=tracker)
         waited = time.time() - killed_at
     r.close()
     return Delivery("kill -9 the worker mid-run", orders, killed=killed, waited_s=waited, pending=pending,
