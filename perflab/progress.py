@@ -38,6 +38,7 @@ from time import perf_counter
 
 __all__ = ["track", "track_seconds", "listen", "refresh", "State", "Tracker", "SHOW_AFTER", "REFRESH"]
 
+TENTHS = "0.1 s"    # the unit of a time-bound run (track_seconds)
 SHOW_AFTER = 2.0   # seconds before the line appears: short measurements show nothing
 REFRESH = 0.5      # seconds between redraws of the line
 
@@ -60,6 +61,13 @@ class State:
         return min(1.0, self.done / self.total) if self.total > 0 else 0.0
 
     def line(self) -> str:
+        if self.unit == TENTHS:   # a time-bound run (track_seconds): say seconds, not counts of tenths
+            if self.failed:
+                return f"stopped {self.what} after {self.elapsed:.1f} s"
+            if self.finished:
+                return f"measured {self.what} for {self.elapsed:.1f} s"
+            detail = f" · {self.detail}" if self.detail else ""
+            return f"measuring {self.what}: {self.done / 10:.1f} of {self.total / 10:.1f} s{detail}"
         if self.failed:
             return f"stopped {self.what} after {self.done}/{self.total} {self.unit} in {self.elapsed:.1f} s"
         if self.finished:
@@ -169,7 +177,9 @@ class Tracker:
         self.update(self.done + steps, detail=detail)
 
     def _child(self, child: "Tracker") -> None:
-        self._inner = " · ".join(part for part in (child.detail, f"{child.done}/{child.total} {child.unit}") if part)
+        count = (f"{child.done / 10:.1f}/{child.total / 10:.1f} s" if child.unit == TENTHS
+                 else f"{child.done}/{child.total} {child.unit}")
+        self._inner = " · ".join(part for part in (child.detail, count) if part)
         self.update()
 
     def _publish(self, finished: bool = False) -> None:
@@ -250,7 +260,7 @@ def track_seconds(seconds: float, what: str = "") -> Iterator[Callable[[], None]
                 tick()
     """
     ticks = max(1, round(seconds * 10))
-    with track(ticks, unit="0.1 s", what=what) as tracker:
+    with track(ticks, unit=TENTHS, what=what) as tracker:
         began = perf_counter()
 
         def tick() -> None:

@@ -1,6 +1,7 @@
 """The progress mechanism: monotone counts reaching the total, nested trackers, silence outside a kernel."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -71,7 +72,11 @@ def test_a_time_bound_run_reports_tenths_of_its_seconds_and_nests(capsys):
             outer.advance()
     _check_counts(states)
     assert states[-1].unit == "routers" and states[-1].done == 2
-    assert any("/3 0.1 s" in s.detail for s in states)   # the inner run's tenths, shown on the outer line
+    assert any("/0.3 s" in s.detail for s in states)   # the inner run's seconds, shown on the outer line
+    with progress.listen(states.append), progress.track_seconds(0.2, what="200 writes/s") as tick:
+        time.sleep(0.25)
+        tick()
+    assert re.fullmatch(r"measured 200 writes/s for 0\.\d s", states[-1].line())
     assert capsys.readouterr().out == ""
 
 
