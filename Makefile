@@ -82,10 +82,14 @@ data: up
 
 # JupyterLab opens your own copies in work/ (git-ignored; made once, never overwritten), so autosave
 # never touches the course's notebooks/ and labs/. Grade a copy: make grade LAB=01 SUBMISSION=work/labs/01_...
-# As root (containers, CI) Jupyter refuses to start without --allow-root.
+# As root (containers, CI) Jupyter refuses to start without --allow-root. JupyterLab's news and update
+# checks are off (overrides.json in this project's .venv, and the server's flags): no pop-up, no calls out.
 lab: data
 	@mkdir -p work/notebooks work/labs
 	@for f in notebooks/*.ipynb labs/*.ipynb; do test -e "work/$$f" || cp "$$f" "work/$$f"; done
+	@mkdir -p $(VENV)/share/jupyter/lab/settings && test -e $(VENV)/share/jupyter/lab/settings/overrides.json || \
+	  echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+	  > $(VENV)/share/jupyter/lab/settings/overrides.json
 	@echo "JupyterLab on 127.0.0.1 only; open the URL with the token printed below. Your copies: work/notebooks, work/labs"
 	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=$(CURDIR)/work \
 	  --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate $(if $(filter 0,$(shell id -u)),--allow-root,)

@@ -101,6 +101,9 @@ def jupyterlab(tiny_data, tmp_path_factory):
     docmanager = home / ".settings" / "@jupyterlab" / "docmanager-extension"
     docmanager.mkdir(parents=True)
     (docmanager / "plugin.jupyterlab-settings").write_text(json.dumps({"autosave": False}))
+    apputils = home / ".settings" / "@jupyterlab" / "apputils-extension"
+    apputils.mkdir(parents=True)   # no "official Jupyter news?" toast over the panels in the screenshots
+    (apputils / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     port, token = _free_port(), os.urandom(12).hex()
     command = [str(Path(sys.executable).parent / "jupyter"), "lab", "--ip=127.0.0.1", f"--port={port}",
                "--no-browser", f"--ServerApp.token={token}", f"--ServerApp.root_dir={home}",
@@ -229,7 +232,10 @@ def test_panel_runs_in_jupyterlab(name, jupyterlab, browser):
         f"{name}: a figure in the panel did not load"
     browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", panel)
     browser.save_screenshot(str(shots / f"{name}_panel.png"))
-    print(f"{name}: run all {ran:.0f} s, panel {time.monotonic() - started - ran:.0f} s; {headline.text}")
+    line = f"{name}: run all {ran:.0f} s, panel {time.monotonic() - started - ran:.0f} s; {headline.text}"
+    print(line)
+    with open(shots / "panels.txt", "a", encoding="utf-8") as log:   # what each panel measured, for people
+        log.write(line.replace("\n", " ") + "\n")
 
 
 @pytest.fixture(autouse=True)
