@@ -137,7 +137,7 @@ def counters_table(plans: dict):
     return pd.DataFrame(rows).set_index("variant")
 
 
-def sizes_up_to(largest: int, start: int = 1_000, per_decade: int = 2) -> list[int]:
+def sizes_up_to(largest: int, start: int = 1_000, per_decade: float = 2) -> list[int]:
     """Roughly log-spaced sizes from ``start`` up to ``largest`` (which is always included)."""
     sizes, value = [], float(start)
     step = 10 ** (1 / per_decade)

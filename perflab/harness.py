@@ -1073,13 +1073,15 @@ def sweep(
     check: bool = True,
     equal: Callable[[Any, Any], bool] | None = None,
     max_ms: float | None = None,
+    max_seconds: float | None = None,
 ) -> Sweep:
     """Compare the variants at each size ``n``; fit how their time grows with ``n``.
 
     ``setup(n)`` builds the arguments once per size, shared by all variants (a non-tuple is passed
     as the single argument). Sizes run in ascending order. With ``max_ms``, a variant whose median
     exceeds it at some ``n`` is not run at larger sizes (recorded in ``Sweep.skipped``), so one
-    quadratic variant cannot stall the sweep.
+    quadratic variant cannot stall the sweep. ``max_seconds`` is each size's comparison budget
+    (``compare(max_seconds=)``: the preset's ``min_rounds`` are still run).
     """
     settings = resolve_preset(preset)
     functions = _normalise_variants(variants)
@@ -1100,7 +1102,8 @@ def sweep(
             arguments = setup(n)
             if not isinstance(arguments, tuple):
                 arguments = (arguments,)
-            comparison = compare(active, args=arguments, preset=settings, check=check, equal=equal)
+            comparison = compare(active, args=arguments, preset=settings, check=check, equal=equal,
+                                 max_seconds=max_seconds)
             measured.append(comparison)
             tracker.update(index + 1)
             if max_ms is not None and index + 1 < len(ordered_sizes):

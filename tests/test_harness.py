@@ -450,6 +450,12 @@ def test_sweep_finds_linear_and_constant_growth():
     assert "sum(range(n))" in repr(res) and "slope" in repr(res)
 
 
+def test_sweep_max_seconds_is_each_sizes_budget():
+    # 30 ms a call: the default preset's 15 s budget would allow its 20 rounds; 0.1 s leaves its 10 minimum.
+    res = sweep({"nap": lambda n: time.sleep(0.03)}, sizes=[1, 2], setup=lambda n: n, max_seconds=0.1)
+    assert all(c.rounds == c.preset.min_rounds for c in res.measured), [c.rounds for c in res.measured]
+
+
 def test_sweep_skips_a_variant_past_max_ms_and_records_it():
     def sleepy(n, seconds_per_item):
         time.sleep(n * seconds_per_item)
