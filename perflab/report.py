@@ -514,6 +514,9 @@ def run_course(
             "PERFLAB_SCALE": scale,
             "PERFLAB_BUILD_DIR": str(build),
             "PERFLAB_NOTEBOOK": path.stem,
+            # The kernel imports the perflab this runs from (a second checkout's kernel would otherwise
+            # take the one the virtualenv was installed from).
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(paths.ROOT), os.environ.get("PYTHONPATH")])),
         }
         outcome, error = None, None
         notebook_started = time.monotonic()
