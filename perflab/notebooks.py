@@ -48,9 +48,29 @@ from pathlib import Path
 from queue import Empty
 from typing import Callable, Mapping
 
-import nbformat
-import nbformat.reader
-from nbformat import NotebookNode
+
+
+def _import_nbformat_quickly() -> None:
+    """Import nbformat without jsonschema's optional ``rfc3987_syntax``, which compiles a Lark grammar on import
+    (~1 s of CPU in every process that reads a notebook: each lab-10 sandbox process reads the solution
+    notebook for its helpers). It only backs jsonschema's "iri"/"iri-reference" format checks, which no
+    nbformat schema uses (they name no format at all), so notebooks are validated exactly as before; a
+    process that imported jsonschema already keeps what it has."""
+    if "jsonschema" in sys.modules or "rfc3987_syntax" in sys.modules:
+        return
+    sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # its import fails: jsonschema skips it
+    try:
+        import nbformat  # noqa: F401
+    finally:
+        if sys.modules.get("rfc3987_syntax", 0) is None:
+            del sys.modules["rfc3987_syntax"]  # a later `import rfc3987_syntax` of anyone else's works
+
+
+_import_nbformat_quickly()
+
+import nbformat  # noqa: E402
+import nbformat.reader  # noqa: E402
+from nbformat import NotebookNode  # noqa: E402
 
 __all__ = [
     "execute",

@@ -19,9 +19,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbformat
-
-from perflab import paths
+from perflab import notebooks, paths  # noqa: F401  # notebooks first: it imports nbformat without a 1 s detour
+import nbformat  # noqa: E402
 from perflab.grading import grader
 from perflab.grading.grader import GradingContext, RecordedFunction
 
@@ -90,19 +89,38 @@ def _literal(node) -> tuple | None:
         return None
 
 
-def judge(lab: str, dsn: str, checks: list, **replaced) -> dict:
-    """Run only ``checks`` (keys ``(exercise, name)``) on the solution's answers with ``replaced`` swapped
-    in (source text for a function, else the value)."""
+def judge(lab: str, checks: list, **replaced) -> dict:
+    """Run only ``checks`` (keys ``(exercise, name)``, or a check name alone) on the solution's answers with
+    ``replaced`` swapped in, as `grader.grade` runs them once the notebook has run: each side in a sandbox of
+    its own (the learner's functions re-created and called there, never in this process), with its own
+    database role and clone and its own Redis. A replacement is source text when the solution's answer is a
+    function, else the value itself (a string answer stays a string).
+
+    What it skips is the notebook run, so use it only where that run cannot change the verdict. It refuses an
+    exercise whose answers are all the starter as given (`grade` would not judge it: 0 points, "not
+    attempted"), so a verdict it gives is one `grade` would give too."""
+    from perflab.grading import sources
+
     spec = grader.load_lab(lab)
     answers = solution_answers(lab)
     for name, value in replaced.items():
-        answers[name] = RecordedFunction(name, textwrap.dedent(value).strip() + "\n") if isinstance(value, str) else value
-    # ``dsn`` is kept for the callers' sake: each side of a check gets its own role and clone now.
+        function = isinstance(answers.get(name), RecordedFunction)
+        answers[name] = RecordedFunction(name, textwrap.dedent(value).strip() + "\n") if function else value
+    wanted = {(exercise.name, check.name) for exercise in spec.exercises for check in exercise.checks
+              if (exercise.name, check.name) in checks or check.name in checks}
+    found = {name for _, name in wanted} | set(wanted)
+    unknown = [key for key in checks if key not in found]
+    assert not unknown, f"lab {lab} has no check {unknown}"
+    starters = sources.originals(spec)
+    for exercise in spec.exercises:
+        if any(key[0] == exercise.name for key in wanted):
+            assert not all(name in starters and sources.unchanged(answers[name], starters[name])
+                           for name in exercise.answers), f"{exercise.name}: still the starter, grade() would not judge it"
     with contextlib.ExitStack() as resources:
         ctx = GradingContext(lab=spec, submission=Path(f"{lab}_variant.ipynb"), answers=answers, answer_errors={},
                              limits=spec.limits, _resources=resources)
         return {(exercise.name, check.name): grader._run_check(exercise, check, ctx)
-                for exercise in spec.exercises for check in exercise.checks if (exercise.name, check.name) in checks}
+                for exercise in spec.exercises for check in exercise.checks if (exercise.name, check.name) in wanted}
 
 
 def outcomes(report) -> dict:

@@ -1,7 +1,11 @@
 """Lab 01's own tables: the starter's reasons, a slow-but-right and a fast-but-wrong answer, two covering
 indexes that miss, and an answer that tries to destroy the course data (tests/test_labs.py: the solution
-passes, the starter fails)."""
-from labtools import SLOW, TIMED, Expected, expect, fails, graded, passes, submission
+passes, the starter fails).
+
+An answer the notebook only assigns (a query or an index's DDL, run by the checks on their own clones) is
+judged by the checks the test reads (`labtools.judge`, no notebook run); the starter retyped (is it an
+attempt?) and the answers whose cells or queries do harm while the notebook runs are graded whole."""
+from labtools import SLOW, TIMED, Expected, expect, fails, graded, judge, passes, submission
 
 from perflab.grading import grader
 
@@ -46,30 +50,30 @@ def test_the_starters_query_retyped_is_judged_with_the_reasons(tiny_data, tmp_pa
     expect(_grade(tmp_path, "MARCH_2024_SQL", retyped), {SAME: passes(), USES_INDEX: fails("Seq Scan"), FAST: SLOW})
 
 
-def test_right_but_slow_fails_the_performance_contract(tiny_data, tmp_path):
-    slow = ('MARCH_2024_SQL = """SELECT id, customer_id, total FROM orders '
-            "WHERE created_at::date >= '2024-03-01' AND created_at::date < '2024-04-01'\"\"\"")
-    expect(_grade(tmp_path, "MARCH_2024_SQL", slow), {SAME: passes(), USES_INDEX: fails(), FAST: SLOW})
+def test_right_but_slow_fails_the_performance_contract(tiny_data):
+    slow = ("SELECT id, customer_id, total FROM orders "
+            "WHERE created_at::date >= '2024-03-01' AND created_at::date < '2024-04-01'")
+    expect(judge("01", [SAME, USES_INDEX, FAST], MARCH_2024_SQL=slow), {SAME: passes(), USES_INDEX: fails(), FAST: SLOW})
 
 
-def test_fast_but_wrong_fails_correctness(tiny_data, tmp_path):
-    wrong = ('MARCH_2024_SQL = """SELECT id, customer_id, total FROM orders '
-             "WHERE created_at >= '2024-03-01' AND created_at <= '2024-03-31'\"\"\"")  # loses 31 March
-    expect(_grade(tmp_path, "MARCH_2024_SQL", wrong), {SAME: fails("missing"), USES_INDEX: passes()})
+def test_fast_but_wrong_fails_correctness(tiny_data):
+    wrong = ("SELECT id, customer_id, total FROM orders "
+             "WHERE created_at >= '2024-03-01' AND created_at <= '2024-03-31'")  # loses 31 March
+    expect(judge("01", [SAME, USES_INDEX], MARCH_2024_SQL=wrong), {SAME: fails("missing"), USES_INDEX: passes()})
 
 
-def test_badly_ordered_covering_index_reads_too_many_pages(tiny_data, tmp_path):
-    ddl = 'COVERING_INDEX_DDL = "CREATE INDEX orders_account_idx ON orders (customer_id) INCLUDE (created_at, total)"'
-    found = expect(_grade(tmp_path, "COVERING_INDEX_DDL", ddl), {FEW_PAGES: fails()})
+def test_badly_ordered_covering_index_reads_too_many_pages(tiny_data):
+    ddl = "CREATE INDEX orders_account_idx ON orders (customer_id) INCLUDE (created_at, total)"
+    found = expect(judge("01", [INDEX_ONLY, FEW_PAGES], COVERING_INDEX_DDL=ddl), {FEW_PAGES: fails()})
     # It covers the query, but keyed by customer_id alone it reads all of customer 1's entries,
     # so the planner may even prefer another index for that customer: either way, not full marks.
     only = found[INDEX_ONLY]
     assert only.status == "passed" or "Key it by the column compared with = first" in only.message
 
 
-def test_index_missing_a_returned_column_is_not_index_only(tiny_data, tmp_path):
-    ddl = 'COVERING_INDEX_DDL = "CREATE INDEX orders_account_idx ON orders (customer_id, created_at)"'
-    expect(_grade(tmp_path, "COVERING_INDEX_DDL", ddl), {INDEX_ONLY: fails("does not hold total")})
+def test_index_missing_a_returned_column_is_not_index_only(tiny_data):
+    ddl = "CREATE INDEX orders_account_idx ON orders (customer_id, created_at)"
+    expect(judge("01", [INDEX_ONLY], COVERING_INDEX_DDL=ddl), {INDEX_ONLY: fails("does not hold total")})
 
 
 def test_destructive_answer_cannot_touch_the_course_data(tiny_data, tmp_path, course_stack):

@@ -1,8 +1,9 @@
 """Lab 02's own tables: the starter names each lazy load; a right-but-slow and a fast-but-wrong answer
-fail on the check that names their fault (tests/test_labs.py: the solution passes, the starter fails)."""
-from labtools import SLOW, expect, fails, graded, passes, submission
+fail on the check that names their fault (tests/test_labs.py: the solution passes, the starter fails).
 
-from perflab.grading import grader
+Each variant is judged by the checks (`labtools.judge`: re-created and called in the grader's sandboxes, as
+`grader.grade` does after the notebook run, which only defines the function and cannot change a verdict)."""
+from labtools import SLOW, expect, fails, graded, judge, passes
 
 SAME = ("endpoint", "the same page as the original")
 BOUNDED = ("endpoint", "a bounded number of statements, independent of N")
@@ -62,8 +63,8 @@ CACHED = '''def recent_orders_page(session, n, _kept={}):
 '''
 
 
-def _grade(tmp_path, source: str):
-    return grader.grade(submission("02", tmp_path, {"def recent_orders_page": source}))
+def _judge(source: str, checks=(SAME, BOUNDED, FASTER)):
+    return judge("02", list(checks), recent_orders_page=source)
 
 
 def test_the_untouched_starter_scores_zero(tiny_data):
@@ -73,26 +74,26 @@ def test_the_untouched_starter_scores_zero(tiny_data):
     assert report.score == 0, report.text()
 
 
-def test_an_unfixed_attempt_names_each_lazy_load(tiny_data, tmp_path):
-    expect(_grade(tmp_path, TOUCHED_STARTER), {
+def test_an_unfixed_attempt_names_each_lazy_load(tiny_data):
+    expect(_judge(TOUCHED_STARTER), {
         SAME: passes(), FASTER: SLOW,
         BOUNDED: fails("statements for 20 orders", *(f"{attribute} is lazy-loaded inside the loop"
                                                      for attribute in ("`order.customer`", "`order.items`", "`item.product`"))),
     })
 
 
-def test_right_but_slow_fails_the_statement_bound(tiny_data, tmp_path):
-    found = expect(_grade(tmp_path, RIGHT_BUT_SLOW), {
+def test_right_but_slow_fails_the_statement_bound(tiny_data):
+    found = expect(_judge(RIGHT_BUT_SLOW, (SAME, BOUNDED)), {
         SAME: passes(), BOUNDED: fails("`item.product` is lazy-loaded inside the loop")})
     assert "`order.customer`" not in found[BOUNDED].message
 
 
-def test_fast_but_wrong_fails_correctness(tiny_data, tmp_path):
-    expect(_grade(tmp_path, FAST_BUT_WRONG), {SAME: fails("limits *rows*"), BOUNDED: passes(), FASTER: fails()})
+def test_fast_but_wrong_fails_correctness(tiny_data):
+    expect(_judge(FAST_BUT_WRONG), {SAME: fails("limits *rows*"), BOUNDED: passes(), FASTER: fails()})
 
 
-def test_a_page_cached_across_calls_is_not_judged_fast(tiny_data, tmp_path):
+def test_a_page_cached_across_calls_is_not_judged_fast(tiny_data):
     """The first call per size fetches; later calls return the kept page after a `SELECT 1`. The grader's
     fresh order before each call makes every kept page stale: no check passes on it."""
-    found = expect(_grade(tmp_path, CACHED), {SAME: passes(), BOUNDED: passes(), FASTER: fails("not judged")})
+    found = expect(_judge(CACHED), {SAME: passes(), BOUNDED: passes(), FASTER: fails("not judged")})
     assert "without the order the grader had just added" in found[FASTER].message

@@ -4,8 +4,13 @@ cheats, each failing on the contract it breaks (tests/test_labs.py: the solution
 Counters decide, counted from outside the sandbox by the submission's database role (connections in the
 server's log, backends in pg_stat_activity, orders queries in the log); the speed check may say
 "inconclusive" on a noisy machine, which is not a pass and not a failure.
+
+A variant is judged by the checks the test reads (`labtools.judge`: open_app re-created and called in the
+grader's sandboxes, as `grader.grade` does once the notebook has run); the two that act when the function is
+defined or first called against the grader (connections opened at load time, traps planted for the grader's
+superuser connection) are graded whole.
 """
-from labtools import SLOW, TIMED, expect, fails, graded, passes, submission
+from labtools import SLOW, TIMED, expect, fails, graded, judge, passes, submission
 
 from perflab.grading import grader
 
@@ -15,10 +20,9 @@ SAME = "the same answers as the original"
 LEAKS = "no leaked connections"
 
 
-def _grade(tmp_path, body: str):
-    """The solution with open_app's body replaced, graded."""
-    source = 'def open_app(dsn):\n    """A submission."""\n' + body
-    return grader.grade(submission("05", tmp_path, {lambda cell: cell.startswith("def open_app(dsn):"): source}))
+def _judge(body: str, checks=(SAME, FEW, LEAKS, SPEED)):
+    """The solution with open_app's body replaced, judged by ``checks``."""
+    return judge("05", list(checks), open_app='def open_app(dsn):\n    """A submission."""\n' + body)
 
 
 def test_the_solution_passes_on_counted_checks(tiny_data):
@@ -34,7 +38,7 @@ def test_the_untouched_starter_scores_zero(tiny_data):
                     SPEED: fails("not attempted")})
 
 
-def test_a_connection_per_request_fails_on_connections_counted_by_the_server(tiny_data, tmp_path):
+def test_a_connection_per_request_fails_on_connections_counted_by_the_server(tiny_data):
     per_request = '''    import psycopg
 
     def handle(customer_id):
@@ -43,11 +47,11 @@ def test_a_connection_per_request_fails_on_connections_counted_by_the_server(tin
 
     return handle, lambda: None
 '''
-    expect(_grade(tmp_path, per_request), {SAME: passes(), FEW: fails("200 connections", "connection per request"),
+    expect(_judge(per_request), {SAME: passes(), FEW: fails("200 connections", "connection per request"),
                                            LEAKS: passes(), SPEED: SLOW})
 
 
-def test_leaking_pool_fails_the_leak_check(tiny_data, tmp_path):
+def test_leaking_pool_fails_the_leak_check(tiny_data):
     leak = '''    from psycopg_pool import ConnectionPool
 
     pool = ConnectionPool(dsn, min_size=1, max_size=POOL_SIZE, timeout=2, open=True)
@@ -59,11 +63,11 @@ def test_leaking_pool_fails_the_leak_check(tiny_data, tmp_path):
     return handle, pool.close
 '''
     # It never opens more than 4... but it never returns them either.
-    found = expect(_grade(tmp_path, leak), {FEW: passes(), LEAKS: fails()})
+    found = expect(_judge(leak, (FEW, LEAKS)), {FEW: passes(), LEAKS: fails()})
     assert "PoolTimeout" in found[LEAKS].message or "waiting" in found[LEAKS].message
 
 
-def test_pool_per_request_is_right_but_opens_a_connection_each_time(tiny_data, tmp_path):
+def test_pool_per_request_is_right_but_opens_a_connection_each_time(tiny_data):
     per_request = '''    from psycopg_pool import ConnectionPool
 
     def handle(customer_id):
@@ -73,10 +77,10 @@ def test_pool_per_request_is_right_but_opens_a_connection_each_time(tiny_data, t
 
     return handle, lambda: None
 '''
-    expect(_grade(tmp_path, per_request), {SAME: passes(), FEW: fails(), SPEED: SLOW})
+    expect(_judge(per_request, (SAME, FEW, SPEED)), {SAME: passes(), FEW: fails(), SPEED: SLOW})
 
 
-def test_wrong_answer_fails_correctness(tiny_data, tmp_path):
+def test_wrong_answer_fails_correctness(tiny_data):
     wrong = '''    from psycopg_pool import ConnectionPool
 
     pool = ConnectionPool(dsn, min_size=1, max_size=POOL_SIZE, open=True)
@@ -88,11 +92,11 @@ def test_wrong_answer_fails_correctness(tiny_data, tmp_path):
 
     return handle, pool.close
 '''
-    expect(_grade(tmp_path, wrong), {SAME: fails("the original handler returns"), FEW: passes(),
+    expect(_judge(wrong, (SAME, FEW, SPEED)), {SAME: fails("the original handler returns"), FEW: passes(),
                                      SPEED: fails("not judged")})
 
 
-def test_a_cache_of_every_answer_is_not_a_pool(tiny_data, tmp_path):
+def test_a_cache_of_every_answer_is_not_a_pool(tiny_data):
     """One query at start-up, then answers from a dict: one connection, right answers, very fast; the
     server's log shows no query per request."""
     cache = '''    from decimal import Decimal
@@ -107,7 +111,7 @@ def test_a_cache_of_every_answer_is_not_a_pool(tiny_data, tmp_path):
 
     return handle, lambda: None
 '''
-    expect(_grade(tmp_path, cache), {SAME: passes(), FEW: fails("orders queries"), LEAKS: fails("query"),
+    expect(_judge(cache), {SAME: passes(), FEW: fails("orders queries"), LEAKS: fails("query"),
                                      SPEED: fails()})
 
 

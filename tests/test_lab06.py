@@ -1,8 +1,12 @@
 """Lab 06's own tables: the starter's reasons, an unbounded gather, a sequential answer, answers in the
 wrong order and a few cheats, each failing on the contract it breaks, the server's in-flight count first
 (tests/test_labs.py: the solution passes, the starter fails). The service is the grader's: its counters
-are read over a pipe only the grader holds, and its items carry a secret salt."""
-from labtools import TIMED, expect, fails, graded, passes, submission
+are read over a pipe only the grader holds, and its items carry a secret salt.
+
+A plain variant is judged by the checks the test reads (`labtools.judge`: fetch_all re-created and run in the
+grader's sandboxes, as `grader.grade` does once the notebook has run); the cheats, which also act while the
+notebook runs (control endpoints poked, the service's process hunted), are graded whole."""
+from labtools import TIMED, expect, fails, graded, judge, passes, submission
 
 from perflab.grading import grader
 
@@ -10,6 +14,11 @@ ORDER = "every item, in order"
 IN_FLIGHT = "at most 10 in flight, and close to 10"
 TIME = "within 1.3 × the ideal time for 10 in flight"
 FAILURES = "failed items don't lose the others"
+
+
+def _judge(body: str, checks=(ORDER, IN_FLIGHT, TIME, FAILURES)):
+    source = 'async def fetch_all(session, base_url, ids):\n    """A submission."""\n' + body
+    return judge("06", list(checks), fetch_all=source)
 
 
 def _grade(tmp_path, body: str):
@@ -28,7 +37,7 @@ def test_the_untouched_starter_scores_zero():
                     FAILURES: fails("not attempted")})
 
 
-def test_the_starters_code_touched_fails_every_contract(tmp_path):
+def test_the_starters_code_touched_fails_every_contract():
     touched = '''    items = []                                       # the starter's code, touched
     for item_id in ids:
         async with session.get(f"{base_url}/items/{item_id}") as response:
@@ -36,11 +45,11 @@ def test_the_starters_code_touched_fails_every_contract(tmp_path):
             items.append(await response.json())
     return items
 '''
-    expect(_grade(tmp_path, touched), {IN_FLIGHT: fails("at most 1 request"), TIME: fails(),
+    expect(_judge(touched, (IN_FLIGHT, TIME, FAILURES)), {IN_FLIGHT: fails("at most 1 request"), TIME: fails(),
                                        FAILURES: fails("return_exceptions")})
 
 
-def test_unbounded_gather_fails_the_in_flight_limit(tmp_path):
+def test_unbounded_gather_fails_the_in_flight_limit():
     unbounded = '''    async def fetch(item_id):
         async with session.get(f"{base_url}/items/{item_id}") as response:
             response.raise_for_status()
@@ -49,12 +58,12 @@ def test_unbounded_gather_fails_the_in_flight_limit(tmp_path):
     results = await asyncio.gather(*(fetch(i) for i in ids), return_exceptions=True)
     return [None if isinstance(r, Exception) else r for r in results]
 '''
-    found = expect(_grade(tmp_path, unbounded), {ORDER: passes(), IN_FLIGHT: fails("the limit is 10"),
+    found = expect(_judge(unbounded, (ORDER, IN_FLIGHT, FAILURES)), {ORDER: passes(), IN_FLIGHT: fails("the limit is 10"),
                                                  FAILURES: passes()})
     assert found[IN_FLIGHT].details["max_in_flight"] > 10
 
 
-def test_sequential_answer_is_too_slow(tmp_path):
+def test_sequential_answer_is_too_slow():
     sequential = '''    results = []
     for item_id in ids:
         try:
@@ -65,10 +74,10 @@ def test_sequential_answer_is_too_slow(tmp_path):
             results.append(None)
     return results
 '''
-    expect(_grade(tmp_path, sequential), {IN_FLIGHT: fails(), TIME: fails("stopped after")})
+    expect(_judge(sequential, (IN_FLIGHT, TIME)), {IN_FLIGHT: fails(), TIME: fails("stopped after")})
 
 
-def test_results_in_completion_order_are_wrong(tmp_path):
+def test_results_in_completion_order_are_wrong():
     completion_order = '''    slots = asyncio.Semaphore(LIMIT)
 
     async def fetch(item_id):
@@ -85,7 +94,7 @@ def test_results_in_completion_order_are_wrong(tmp_path):
             results.append(None)
     return results
 '''
-    expect(_grade(tmp_path, completion_order), {ORDER: fails("not in the order of ids"), IN_FLIGHT: passes()})
+    expect(_judge(completion_order, (ORDER, IN_FLIGHT)), {ORDER: fails("not in the order of ids"), IN_FLIGHT: passes()})
 
 
 def test_answers_computed_without_the_service_and_its_controls_are_out_of_reach(tmp_path):

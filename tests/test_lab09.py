@@ -1,9 +1,12 @@
 """Lab 09's own tables: the starter is right but quadratic; a still-quadratic and a wrong answer fail on
 the right checks; the counting type the deterministic checks rely on (tests/test_labs.py: the solution
-passes, the starter fails)."""
+passes, the starter fails).
+
+The variants are judged by the checks the tests read (`labtools.judge`: re-created and run in the grader's
+sandboxes, as `grader.grade` does once the notebook has run; the notebook only defines them)."""
 import pytest
 
-from labtools import SLOW, expect, fails, passes, submission
+from labtools import SLOW, expect, fails, judge, passes
 
 from perflab import complexity
 from perflab.grading import grader
@@ -28,31 +31,27 @@ def dedupe_events(events):
 '''
 
 
-def _keep_the_original(source: str):
-    """Replace a cell's answer, keeping its original_* function (the self-check uses it)."""
-    return lambda cell: cell.split("# BEGIN STARTER")[0] + source
-
-
 # The starter reworded (so it counts as an attempt): still right, still quadratic.
 REWORDED_STARTERS = {
-    "def vip_orders(": _keep_the_original('''
+    "vip_orders": '''
 def vip_orders(orders, vip_ids):
     found = [order for order in orders if order[1] in vip_ids]
     return found
-'''),
-    "def dedupe_events(": _keep_the_original('''
+''',
+    "dedupe_events": '''
 def dedupe_events(events):
     seen = []
     for event in events:
         if event not in seen:
             seen.append(event)
     return seen
-'''),
+''',
 }
 
 
-def test_the_starter_reworded_is_right_but_quadratic(tmp_path):
-    report = grader.grade(submission("09", tmp_path, REWORDED_STARTERS))
+def test_the_starter_reworded_is_right_but_quadratic():
+    report = judge("09", [(exercise, check) for exercise in ("vip", "dedupe") for check in (SAME, COUNTS, TIME, SPEED)],
+                   **REWORDED_STARTERS)
     for exercise in ("vip", "dedupe"):
         found = expect(report, {(exercise, SAME): passes(), (exercise, COUNTS): fails("still quadratic"),
                                 (exercise, TIME): SLOW, (exercise, SPEED): SLOW})
@@ -60,10 +59,9 @@ def test_the_starter_reworded_is_right_but_quadratic(tmp_path):
     expect(report, {("vip", COUNTS): fails("slope", "n=250..2k")})
 
 
-def test_still_quadratic_and_wrong_answers_fail_on_the_right_checks(tmp_path):
-    answers = {"def vip_orders(": _keep_the_original(STILL_QUADRATIC_VIP),
-               "def dedupe_events(": _keep_the_original(WRONG_DEDUPE)}
-    expect(grader.grade(submission("09", tmp_path, answers)), {
+def test_still_quadratic_and_wrong_answers_fail_on_the_right_checks():
+    checks = [("vip", SAME), ("vip", COUNTS), ("vip", TIME), ("dedupe", SAME), ("dedupe", SPEED)]
+    expect(judge("09", checks, vip_orders=STILL_QUADRATIC_VIP, dedupe_events=WRONG_DEDUPE), {
         # Still quadratic: correct, but the counts and the time say so.
         ("vip", SAME): passes(), ("vip", COUNTS): fails("still quadratic"), ("vip", TIME): SLOW,
         # Wrong: fails correctness, and its speed is not judged.

@@ -1,6 +1,11 @@
 """Lab 10's own tables: the starter's reasons, a wrong hotspot, a half fix and a wrong report, each failing
-on the right check (tests/test_labs.py: the solution passes, the starter fails)."""
-from labtools import SLOW, expect, fails, graded, passes, submission
+on the right check (tests/test_labs.py: the solution passes, the starter fails).
+
+A variant's checks are judged directly (`labtools.judge`: its answers re-created and run in the grader's
+sandboxes, as `grader.grade` does after the notebook, without the notebook run and the checks the test does not
+read); a variant whose verdict depends on what happens when its function is defined (a default argument that
+loads every row) is graded whole."""
+from labtools import SLOW, expect, fails, graded, judge, passes, submission
 
 from perflab.grading import grader
 
@@ -11,7 +16,7 @@ FASTER = ("fix", "at least 3x faster than the original")
 MEMORY = ("fix", "peak memory at most 30% of the original's")
 
 # The guess the notebook warns about: the list lookup looks guilty, the profile says otherwise.
-WRONG_GUESS = 'TOP_HOTSPOT = "is_key_account"'
+WRONG_GUESS = "is_key_account"
 # Half a fix: the N+1 is gone (one query for every order's items), but every column of every order is
 # still loaded into a list of dicts first.
 HALF_FIX = '''
@@ -142,35 +147,36 @@ def test_the_untouched_starter_scores_zero(tiny_data):
     assert report.score == 0, report.text()
 
 
-def test_an_unfixed_attempt_fails_every_performance_check(tiny_data, tmp_path):
+def test_an_unfixed_attempt_fails_every_performance_check(tiny_data):
     # The original, touched: right, slow.
-    report = grader.grade(submission("10", tmp_path, {"def basket_report": TOUCHED_STARTER}))
-    expect(report, {SAME: passes(), STATEMENTS: fails("N+1"), FASTER: SLOW, MEMORY: fails()})
+    judged = judge("10", [SAME, STATEMENTS, FASTER, MEMORY], basket_report=TOUCHED_STARTER)
+    expect(judged, {SAME: passes(), STATEMENTS: fails("N+1"), FASTER: SLOW, MEMORY: fails()})
 
 
-def test_wrong_guess_and_half_fix_fail_on_the_right_checks(tiny_data, tmp_path):
-    report = grader.grade(submission("10", tmp_path, {"TOP_HOTSPOT =": WRONG_GUESS, "def basket_report": HALF_FIX}))
+def test_wrong_guess_and_half_fix_fail_on_the_right_checks(tiny_data):
+    judged = judge("10", [HOTSPOT, SAME, STATEMENTS, MEMORY], TOP_HOTSPOT=WRONG_GUESS, basket_report=HALF_FIX)
     # The N+1 is fixed, the memory blow-up is not.
-    expect(report, {HOTSPOT: fails("order_items_summary"), SAME: passes(), STATEMENTS: passes(),
+    expect(judged, {HOTSPOT: fails("order_items_summary"), SAME: passes(), STATEMENTS: passes(),
                     MEMORY: fails("stream")})
 
 
-def test_fast_but_wrong_report_fails_correctness(tiny_data, tmp_path):
-    report = grader.grade(submission("10", tmp_path, {"def basket_report": WRONG_ORDER}))
-    expect(report, {HOTSPOT: passes(), SAME: fails("line 1"), FASTER: fails("not judged")})
+def test_fast_but_wrong_report_fails_correctness(tiny_data):
+    judged = judge("10", [HOTSPOT, SAME, FASTER], basket_report=WRONG_ORDER)
+    expect(judged, {HOTSPOT: passes(), SAME: fails("line 1"), FASTER: fails("not judged")})
 
 
-def test_a_report_cached_across_calls_is_not_judged_fast(tiny_data, tmp_path):
-    report = grader.grade(submission("10", tmp_path, {"def basket_report": CACHED}))
-    found = expect(report, {SAME: passes(), STATEMENTS: passes(), FASTER: fails("not judged")})
+def test_a_report_cached_across_calls_is_not_judged_fast(tiny_data):
+    found = expect(judge("10", [SAME, STATEMENTS, FASTER], basket_report=CACHED),
+                   {SAME: passes(), STATEMENTS: passes(), FASTER: fails("not judged")})
     assert "without the order the grader had just added" in found[FASTER].message
 
 
-def test_memory_moved_to_a_child_process_fails(tiny_data, tmp_path):
-    report = grader.grade(submission("10", tmp_path, {"def basket_report": MEMORY_IN_A_CHILD}))
-    expect(report, {SAME: passes(), MEMORY: fails("another process")})
+def test_memory_moved_to_a_child_process_fails(tiny_data):
+    expect(judge("10", [SAME, MEMORY], basket_report=MEMORY_IN_A_CHILD),
+           {SAME: passes(), MEMORY: fails("another process")})
 
 
 def test_memory_held_from_a_default_argument_counts(tiny_data, tmp_path):
+    # Graded whole: the rows are loaded when the function is defined, in the kernel as in the sandbox.
     report = grader.grade(submission("10", tmp_path, {"def basket_report": PREFETCH_AT_LOAD}))
     expect(report, {SAME: passes(), MEMORY: fails("stream")})

@@ -90,6 +90,21 @@ def _log_connections(conn) -> None:
         conn.execute("SELECT pg_reload_conf()")
 
 
+# How a clone is made (PostgreSQL 15+). FILE_COPY copies the template's files, but checkpoints before and
+# after: the server writes out every dirty page it holds, other tests' and notebooks' included (a second at
+# small, 1M orders, it is still the quick way). WAL_LOG copies block by block through the WAL, with no
+# checkpoint: for a template of a few tens of MB (tiny) it takes half the time (0.24 s instead of 0.42 s per
+# clone here, three clones per grading). The clone's contents and owner are the same either way.
+WAL_LOG_UP_TO_BYTES = 64 * 1024 * 1024
+_TEMPLATE_BYTES: dict[str, int] = {}
+
+
+def _clone_strategy(conn, template: str) -> str:
+    if template not in _TEMPLATE_BYTES:
+        _TEMPLATE_BYTES[template] = conn.execute("SELECT pg_database_size(%s)", (template,)).fetchone()[0]
+    return "WAL_LOG" if _TEMPLATE_BYTES[template] <= WAL_LOG_UP_TO_BYTES else "FILE_COPY"
+
+
 def _revoke_public_connect(conn) -> None:
     """No database is open to PUBLIC; one lock at a time (two gradings revoking at once collide in pg_database)."""
     import psycopg
@@ -133,7 +148,8 @@ def run_database(scale: str | None = None) -> Iterator[RunDatabase]:
                                    ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT),
                                    ("log_statement", "all")):
                 conn.execute(f'ALTER ROLE "{name}" SET {setting} = \'{value}\'')
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY OWNER "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY {_clone_strategy(conn, template)} '
+                         f'OWNER "{name}"')
             _revoke_public_connect(conn)
             _log_connections(conn)
         admin_dsn = _pinned_search_path(running.dsn(name))
