@@ -948,16 +948,21 @@ def compare(
     equal: Callable[[Any, Any], bool] | None = None,
     baseline: str | None = None,
     max_seconds: float | None = None,
+    loops: int | None = None,
 ) -> Comparison:
     """Check that the variants agree, then time them interleaved. See the module docstring.
 
     ``baseline`` (default: the first variant) is what ratios are computed against. ``max_seconds``
-    replaces the preset's time budget; ``min_rounds`` are run even if that overruns it.
+    replaces the preset's time budget; ``min_rounds`` are run even if that overruns it. ``loops``
+    fixes the calls per sample instead of calibrating them: for calls far longer than the preset's
+    target sample time, where calibration can only settle on 1 and costs one more call per variant.
     """
     settings = resolve_preset(preset)
     budget = settings.budget_seconds if max_seconds is None else float(max_seconds)
     if not budget > 0:
         raise ValueError(f"max_seconds must be positive, not {max_seconds!r}")
+    if loops is not None and (not isinstance(loops, int) or loops < 1):
+        raise ValueError(f"loops must be a positive int, not {loops!r}")
     if not isinstance(args, (tuple, list)):
         raise TypeError(f"args must be a tuple of positional arguments, e.g. args=(conn,), "
                         f"not {type(args).__name__}")
@@ -971,11 +976,12 @@ def compare(
 
     what = f"{len(bound)} variant{'s' if len(bound) != 1 else ''}"
     with progress.track(settings.max_rounds, unit="rounds", what=what) as tracker:
-        return _compare(bound, labels, baseline, settings, budget, check, equal, tracker)
+        return _compare(bound, labels, baseline, settings, budget, check, equal, tracker, loops)
 
 
 def _compare(bound: list[_Variant], labels: tuple[str, ...], baseline: str, settings: Preset, budget: float,
-             check: bool, equal: Callable[[Any, Any], bool] | None, tracker: progress.Tracker) -> Comparison:
+             check: bool, equal: Callable[[Any, Any], bool] | None, tracker: progress.Tracker,
+             fixed_loops: int | None = None) -> Comparison:
     started = perf_counter()
 
     # 1. Correctness first; the call doubles as the warm-up.
@@ -1008,6 +1014,9 @@ def _compare(bound: list[_Variant], labels: tuple[str, ...], baseline: str, sett
         loops_of: dict[str, int] = {}
         notes: list[str] = []
         for variant in bound:
+            if fixed_loops is not None:  # the caller fixed the count: nothing to calibrate
+                loops_of[variant.label] = fixed_loops
+                continue
             tracker.update(detail=f"calibrating {variant.label!r}")
             loops = 1
             try:
@@ -1074,6 +1083,7 @@ def sweep(
     equal: Callable[[Any, Any], bool] | None = None,
     max_ms: float | None = None,
     max_seconds: float | None = None,
+    loops: int | None = None,
 ) -> Sweep:
     """Compare the variants at each size ``n``; fit how their time grows with ``n``.
 
@@ -1081,7 +1091,8 @@ def sweep(
     as the single argument). Sizes run in ascending order. With ``max_ms``, a variant whose median
     exceeds it at some ``n`` is not run at larger sizes (recorded in ``Sweep.skipped``), so one
     quadratic variant cannot stall the sweep. ``max_seconds`` is each size's comparison budget
-    (``compare(max_seconds=)``: the preset's ``min_rounds`` are still run).
+    (``compare(max_seconds=)``: the preset's ``min_rounds`` are still run); ``loops``: as for
+    :func:`compare`, at every size.
     """
     settings = resolve_preset(preset)
     functions = _normalise_variants(variants)
@@ -1103,7 +1114,7 @@ def sweep(
             if not isinstance(arguments, tuple):
                 arguments = (arguments,)
             comparison = compare(active, args=arguments, preset=settings, check=check, equal=equal,
-                                 max_seconds=max_seconds)
+                                 max_seconds=max_seconds, loops=loops)
             measured.append(comparison)
             tracker.update(index + 1)
             if max_ms is not None and index + 1 < len(ordered_sizes):

@@ -322,6 +322,21 @@ def test_budget_stops_before_a_round_that_would_overrun(fake_clock):
     assert generous.rounds == PRESETS["fast"].max_rounds
 
 
+def test_fixed_loops_skip_calibration(fake_clock):
+    calls = []
+
+    def slow():
+        calls.append(1)
+        fake_clock.advance(30_000_000)  # 30 ms per call: calibration could only settle on 1 loop
+
+    res = compare({"slow": slow}, preset="fast", loops=1, max_seconds=10)
+    assert res.rounds == PRESETS["fast"].max_rounds
+    assert len(calls) == 1 + res.rounds  # the answer check, then one call per sample: no calibration
+    assert (res.runs.loops == 1).all()
+    with pytest.raises(ValueError, match="loops"):
+        compare({"slow": slow}, preset="fast", loops=0)
+
+
 def test_presets_and_environment_override(monkeypatch):
     monkeypatch.setenv("PERFLAB_PRESET", "fast")
     assert compare({"a": lambda: 1}).preset is PRESETS["fast"]
