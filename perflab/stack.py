@@ -386,8 +386,22 @@ def _initdb(data_dir: Path, password: str, run_as: dict) -> None:
         conf.write("include_if_exists = 'perflab.conf'\n")
 
 
+def pg_settings() -> dict[str, str]:
+    """PG_SETTINGS with this environment's overrides: ``PERFLAB_PG_MAX_CONNECTIONS`` (20-1000; `make test`
+    sets 200: its processes run notebooks, gradings and the browser's kernels at once, each with pools of
+    up to 32 connections, against one server)."""
+    settings = dict(PG_SETTINGS)
+    wanted = os.environ.get("PERFLAB_PG_MAX_CONNECTIONS", "").strip()
+    if wanted:
+        if not wanted.isdigit() or not 20 <= int(wanted) <= 1000:
+            raise StackError(f"PERFLAB_PG_MAX_CONNECTIONS={wanted!r} is not a number from 20 to 1000; "
+                             "fix: unset it (the course's server takes 100) or give one in that range")
+        settings["max_connections"] = wanted
+    return settings
+
+
 def _write_pg_settings(data_dir: Path, port: int) -> None:
-    lines = [f"{key} = {value}" for key, value in PG_SETTINGS.items()] + [f"port = {port}"]
+    lines = [f"{key} = {value}" for key, value in pg_settings().items()] + [f"port = {port}"]
     target = data_dir / "perflab.conf"
     target.write_text("\n".join(lines) + "\n")
     with contextlib.suppress(OSError):
@@ -973,7 +987,8 @@ def start_celery_worker(app: str, *, queue: str, concurrency: int = 4, pool: str
                           log_file=log_file, state_file=state_file, process=process)
     state_file.write_text(json.dumps({"name": name, "app": app, "queue": queue, "pid": process.pid,
                                       "concurrency": concurrency, "pool": pool,
-                                      "log_file": str(log_file), "started": time.time()}, indent=2))
+                                      "log_file": str(log_file), "started": time.time(),
+                                      "starter": os.getpid()}, indent=2))
     if not _STARTED_HERE:
         atexit.register(_stop_workers_at_exit)
     _STARTED_HERE[name] = worker
@@ -1237,7 +1252,7 @@ def _write_replica_settings(data_dir: Path, port: int, state: dict) -> None:
     primary_port = state.get("postgres", {}).get("port", DEFAULT_PG_PORT)
     conninfo = (f"host=127.0.0.1 port={primary_port} user={REPLICA_ROLE} "
                 f"password={rep['replicator_password']} application_name={REPLICA_APPLICATION_NAME}")
-    settings = dict(PG_SETTINGS) | REPLICA_SETTINGS | {
+    settings = pg_settings() | REPLICA_SETTINGS | {   # a standby needs the primary's max_connections or more
         "port": str(port),
         "primary_conninfo": _quote_literal(conninfo),
         "recovery_min_apply_delay": f"'{int(rep.get('apply_delay_ms', 0))}ms'",

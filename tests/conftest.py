@@ -12,6 +12,9 @@ os.environ.setdefault("PERFLAB_PRESET", "fast")
 os.environ.setdefault("PERFLAB_STATE_DIR", str(ROOT / ".perflab" / "test"))
 os.environ.setdefault("PERFLAB_BUILD_DIR", str(ROOT / "build" / "test"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The tests' server: lesson notebooks, gradings and the browser's kernels run at once in `make test`'s
+# processes, each with pools of up to 32 connections (the course's own server keeps 100).
+os.environ.setdefault("PERFLAB_PG_MAX_CONNECTIONS", "200")
 
 import pytest  # noqa: E402
 

@@ -64,11 +64,20 @@ def _workers_alive() -> list[int]:
     return found
 
 
+def _started_here(starter: int | None) -> bool:
+    """A worker this process (or one of its sandboxes, now gone) started; not one of a notebook's kernel
+    running in another test process at the same time (`make test` runs files in parallel)."""
+    if starter is None or starter == os.getpid() or not stack._pid_alive(starter):
+        return True
+    return starter in {child.pid for child in psutil.Process().children(recursive=True)}
+
+
 @pytest.fixture(autouse=True)
 def nothing_left_behind(course_stack):
     """No worker process and no broker key of the topic's survives a test."""
     yield
-    leftovers = [w["name"] for w in stack.celery_workers() if w["name"].startswith("t08-") and w["alive"]]
+    leftovers = [w["name"] for w in stack.celery_workers()
+                 if w["name"].startswith("t08-") and w["alive"] and _started_here(w.get("starter"))]
     client = stack.redis_client(course_stack.redis_url)
     keys = list(client.scan_iter(match=rig.KEY_PREFIX + "*", count=1000))
     if keys:

@@ -32,6 +32,8 @@ def test_make_lab_opens_copies_in_work_and_allows_root():
     import os
 
     assert ("--allow-root" in lab_line) == (os.geteuid() == 0)
+    assert "--LabApp.news_url=None" in lab_line and "NeverCheckForUpdate" in lab_line
+    assert '"fetchNews": "false"' in plan and "share/jupyter/lab/settings/overrides.json" in plan   # no news pop-up
     assert "work/" in (ROOT / ".gitignore").read_text().split()
 
 
