@@ -342,7 +342,7 @@ def worker(job: Callable | str, settings: dict | None, dsn: str, *, concurrency:
     from perflab import stack
 
     broker = broker or stack.ensure().redis_url
-    prefix = f"{KEY_PREFIX}{secrets.token_hex(4)}:"
+    prefix = f"{KEY_PREFIX}{os.getpid()}:{secrets.token_hex(4)}:"   # the process's own keys (see tests/test_lab08.py)
     queue = f"t08-{label}-{secrets.token_hex(3)}"
     source, name = _source_of(job)
     spec = {"broker": broker, "queue": queue, "prefix": prefix, "settings": settings or {}, "dsn": dsn,
