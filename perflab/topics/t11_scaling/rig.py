@@ -228,6 +228,27 @@ def pinned(pid: int | None, cpus: list[int]):
                 proc.cpu_affinity(before.get(proc, every))
 
 
+def pinned_runs(placements: list[tuple[str, dict[str, list[int]], list[str]]], pids: dict[str, int], *,
+                clients: int, seconds: float, rounds: int) -> dict[str, float]:
+    """For each ``(label, {"primary": cpus, "replica": cpus}, dsns)``: the median reads/s of ``rounds``
+    :func:`read_load` runs with each server pinned to its CPUs (a server not named: both CPUs), under one
+    progress line. ``pids``: name -> postmaster pid."""
+    from perflab import progress as tracking
+
+    medians = {}
+    with tracking.track(len(placements) * rounds, unit="runs", what="pinned read runs") as step:
+        for label, placement, dsns in placements:
+            runs = []
+            for _ in range(rounds):
+                step.update(detail=label)
+                with pinned(pids["primary"], placement["primary"]), \
+                        pinned(pids["replica"], placement.get("replica", [0, 1])):
+                    runs.append(read_load(dsns, clients, seconds, pids=pids)["reads_per_s"])
+                step.advance()
+            medians[label] = float(np.median(runs))
+    return medians
+
+
 def can_pin() -> bool:
     import psutil
 
