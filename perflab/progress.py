@@ -61,19 +61,19 @@ class State:
         return min(1.0, self.done / self.total) if self.total > 0 else 0.0
 
     def line(self) -> str:
-        if self.unit == TENTHS:   # a time-bound run (track_seconds): say seconds, not counts of tenths
-            if self.failed:
-                return f"stopped {self.what} after {self.elapsed:.1f} s"
-            if self.finished:
-                return f"measured {self.what} for {self.elapsed:.1f} s"
-            detail = f" · {self.detail}" if self.detail else ""
-            return f"measuring {self.what}: {self.done / 10:.1f} of {self.total / 10:.1f} s{detail}"
-        if self.failed:
-            return f"stopped {self.what} after {self.done}/{self.total} {self.unit} in {self.elapsed:.1f} s"
-        if self.finished:
-            return f"measured {self.what} × {self.done} {self.unit} in {self.elapsed:.1f} s"
         detail = f" · {self.detail}" if self.detail else ""
-        return f"measuring {self.what}: {self.done}/{self.total} {self.unit}{detail} · {self.elapsed:.0f} s"
+        if self.unit == TENTHS:   # a time-bound run (track_seconds): say seconds, not counts of tenths
+            stopped, measured = f"after {self.elapsed:.1f} s", f"for {self.elapsed:.1f} s"
+            running = f"{self.done / 10:.1f} of {self.total / 10:.1f} s{detail}"
+        else:
+            stopped = f"after {self.done}/{self.total} {self.unit} in {self.elapsed:.1f} s"
+            measured = f"× {self.done} {self.unit} in {self.elapsed:.1f} s"
+            running = f"{self.done}/{self.total} {self.unit}{detail} · {self.elapsed:.0f} s"
+        if self.failed:
+            return f"stopped {self.what} {stopped}"
+        if self.finished:
+            return f"measured {self.what} {measured}"
+        return f"measuring {self.what}: {running}"
 
 
 _listeners: list[tuple[Callable[[State], None], bool]] = []
