@@ -83,7 +83,7 @@ import reprlib
 import statistics
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from itertools import repeat
 # Module-level names, looked up at each use, so tests can substitute a fake clock.
@@ -146,6 +146,10 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: max_rounds must be >= min_rounds")
         if self.target_sample_seconds <= 0 or self.budget_seconds <= 0:
             raise ValueError(f"preset {self.name!r}: times must be positive")
+
+    def derived(self, name: str, **changes: Any) -> "Preset":
+        """This preset with ``changes`` (rounds, budget, sample target), under a name of its own."""
+        return replace(self, name=name, description="", **changes)
 
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({

@@ -49,7 +49,6 @@ from queue import Empty
 from typing import Callable, Mapping
 
 
-
 def _import_nbformat_quickly() -> None:
     """Import nbformat without jsonschema's optional ``rfc3987_syntax``, which compiles a Lark grammar on import
     (~1 s of CPU in every process that reads a notebook: each lab-10 sandbox process reads the solution

@@ -848,12 +848,18 @@ def _run_check(exercise: Exercise, check: Check, ctx: GradingContext) -> CheckOu
     )
 
 
-def _grade_exercise(exercise: Exercise, ctx: GradingContext, starters: dict[str, Any]) -> ExerciseReport:
+def still_the_starter(exercise: Exercise, answers: dict[str, Any], starters: dict[str, Any]) -> bool:
+    """Every answer of ``exercise`` is the starter's as given (comments, whitespace and docstrings aside): not an
+    attempt, so not graded (0 points)."""
     from perflab.grading import sources
 
+    return all(name in starters and sources.unchanged(answers[name], starters[name]) for name in exercise.answers)
+
+
+def _grade_exercise(exercise: Exercise, ctx: GradingContext, starters: dict[str, Any]) -> ExerciseReport:
+
     missing = {name: ctx.answer_errors[name] for name in exercise.answers if name not in ctx.answers}
-    untouched = not missing and all(
-        name in starters and sources.unchanged(ctx.answers[name], starters[name]) for name in exercise.answers)
+    untouched = not missing and still_the_starter(exercise, ctx.answers, starters)
     if missing or untouched:
         reason = "; ".join(missing.values()) if missing else (
             f"{', '.join(exercise.answers)} {'is' if len(exercise.answers) == 1 else 'are'} still the starter code: "

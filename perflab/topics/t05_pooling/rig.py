@@ -24,8 +24,7 @@ def preset():
     chosen = harness.resolve_preset()
     if chosen.name != "fast":
         return chosen
-    return harness.Preset("fast, 12+ rounds", min_rounds=12, max_rounds=20, target_sample_seconds=0.002,
-                          budget_seconds=3.0)
+    return chosen.derived("fast, 12+ rounds", min_rounds=12, max_rounds=20, budget_seconds=3.0)
 
 
 def progress(items, desc: str):

@@ -58,22 +58,16 @@ def preset(min_rounds: int | None = None, budget_seconds: float | None = None, f
 
     chosen = harness.resolve_preset()
     if chosen.name == "fast":
-        chosen = harness.Preset("fast, 6 rounds", min_rounds=6, max_rounds=6,
-                                target_sample_seconds=0.002, budget_seconds=1.5)
+        chosen = chosen.derived("fast, 6 rounds", min_rounds=6, max_rounds=6, budget_seconds=1.5)
     if fewest_rounds is not None and chosen.name == "default" and chosen.min_rounds > fewest_rounds:
         fewest = max(fewest_rounds, harness.MIN_ROUNDS_FLOOR)
-        chosen = harness.Preset(f"{chosen.name}, from {fewest} rounds", min_rounds=fewest,
-                                max_rounds=chosen.max_rounds, target_sample_seconds=chosen.target_sample_seconds,
-                                budget_seconds=chosen.budget_seconds)
+        chosen = chosen.derived(f"{chosen.name}, from {fewest} rounds", min_rounds=fewest)
     if budget_seconds is not None and budget_seconds < chosen.budget_seconds:
-        chosen = harness.Preset(f"{chosen.name}, {budget_seconds:g} s budget", min_rounds=chosen.min_rounds,
-                                max_rounds=chosen.max_rounds, target_sample_seconds=chosen.target_sample_seconds,
-                                budget_seconds=budget_seconds)
+        chosen = chosen.derived(f"{chosen.name}, {budget_seconds:g} s budget", budget_seconds=budget_seconds)
     if min_rounds is None or chosen.min_rounds >= min_rounds:
         return chosen
-    return harness.Preset(f"{chosen.name.split(',')[0]}, {min_rounds} rounds", min_rounds=min_rounds,
-                          max_rounds=min_rounds, target_sample_seconds=chosen.target_sample_seconds,
-                          budget_seconds=chosen.budget_seconds)
+    return chosen.derived(f"{chosen.name.split(',')[0]}, {min_rounds} rounds", min_rounds=min_rounds,
+                          max_rounds=min_rounds)
 
 
 NAMESPACE = {"LIMIT": LIMIT, "asyncio": asyncio}

@@ -20,6 +20,4 @@ def preset():
     chosen = harness.resolve_preset()
     if chosen.name != "default":
         return chosen
-    return harness.Preset(f"default, {FEWER_ROUNDS} rounds", min_rounds=FEWER_ROUNDS, max_rounds=FEWER_ROUNDS,
-                          target_sample_seconds=chosen.target_sample_seconds,
-                          budget_seconds=chosen.budget_seconds)
+    return chosen.derived(f"default, {FEWER_ROUNDS} rounds", min_rounds=FEWER_ROUNDS, max_rounds=FEWER_ROUNDS)
