@@ -199,6 +199,28 @@ def test_a_malformed_notebook_is_invalid_with_a_clear_message(tmp_path):
     assert results["score"] == 0 and results["tests"] == [] and "not a valid notebook" in results["output"]
 
 
+def test_a_kernel_that_does_not_start_is_retried_once_then_a_grader_error(tmp_path, monkeypatch):
+    """No learner code has run when a kernel fails to start: one more try, then status "error" (exit 4)
+    with the kernel's own log, never a failed or zero-scored submission."""
+    real, calls = notebooks.execute, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1 or fail_always:
+            raise notebooks.NotebookError("could not start a Python kernel: Kernel didn't respond in 60 seconds")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(notebooks, "execute", flaky)
+    fail_always = False
+    report = grader.grade(SOLUTION, FAST, out_dir=tmp_path / "once")
+    assert len(calls) == 2 and report.passed and report.score == 4
+    calls.clear()
+    fail_always = True
+    report = grader.grade(SOLUTION, FAST, out_dir=tmp_path / "always")
+    assert len(calls) == 2 and report.status == "error" and report.exit_code == 4
+    assert "Kernel didn't respond" in report.problem
+
+
 def test_the_lab_is_inferred_from_the_file_name_prefix(tmp_path):
     nameless = tmp_path / "my_lab.ipynb"
     nameless.write_text(SOLUTION.read_text())

@@ -341,6 +341,23 @@ def test_a_sandbox_redis_has_no_admin_commands():
         assert client.get("k") == b"v"
 
 
+@pytest.mark.skipif(not jail.running_as_root(), reason="sandbox users exist only when grading as root")
+def test_a_sandbox_user_with_a_process_left_is_not_handed_out(monkeypatch):
+    """A killed process is a zombie until it is reaped, and a zombie still counts against its user's process
+    limit (a kernel started under a nearly full limit hangs): a user with any process left is skipped."""
+    with jail._claimed_user() as (_, uid, gid):
+        zombie = subprocess.Popen(["sleep", "600"], user=uid, group=gid, cwd="/")
+        zombie.kill()  # this test is its parent and does not wait for it yet: a zombie of that user
+    try:
+        assert jail._uid_pids(uid) == [zombie.pid]
+        monkeypatch.setattr(jail, "_SETTLE_S", 0.3)
+        with jail._claimed_user() as (_, other, _):
+            assert other != uid
+    finally:
+        zombie.wait()
+    assert jail._uid_pids(uid) == []
+
+
 def test_orphaned_grading_clones_are_dropped(tiny_data):
     """A grader killed mid-run leaves its clone and role; the next run drops them."""
     code = ("from perflab.grading import isolation\n"

@@ -885,6 +885,15 @@ def _infer_lab(submission: Path) -> str:
     return match.group(1)
 
 
+def _log_tail(path: Path, lines: int = 12) -> str:
+    """The last lines of a sandboxed kernel's log, for an error message (empty when there is none)."""
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return ("\nThe kernel's last words:\n" + "\n".join(text.splitlines()[-lines:])) if text else ""
+
+
 def grade(
     submission: str | Path,
     lab: "LabSpec | str | int | None" = None,
@@ -967,24 +976,30 @@ def grade(
             env_for_kernel = dict(box.env, PERFLAB_STATE_DIR=str(box.workdir / "state"))
             box.env.update(env_for_kernel)
             answers_file = box.workdir / "answers.json"
-            try:
-                execution = notebooks.execute(
-                    submission,
-                    out_path=Path(out_dir) / f"executed_{submission.name}" if out_dir else None,
-                    env=box.env,
-                    inherit_env=False,
-                    kernel_wrap=lambda argv: box.command(argv, connection_file_arg=True),
-                    output_limit=limits.output_bytes,
-                    cell_timeout=spec.cell_timeout,
-                    total_timeout=spec.total_timeout,
-                    cwd=box.workdir,
-                    allow_errors=True,
-                    extra_cells_after=_recorder(spec.answer_names, answers_file),
-                )
-            except notebooks.MalformedNotebook as exc:
-                return cannot_grade(str(exc))
-            except notebooks.NotebookError as exc:  # no kernel could start: the grader's environment
-                return cannot_grade(str(exc), status="error")
+            for attempt in (1, 2):
+                try:
+                    execution = notebooks.execute(
+                        submission,
+                        out_path=Path(out_dir) / f"executed_{submission.name}" if out_dir else None,
+                        env=box.env,
+                        inherit_env=False,
+                        kernel_wrap=lambda argv: box.command(argv, connection_file_arg=True),
+                        output_limit=limits.output_bytes,
+                        cell_timeout=spec.cell_timeout,
+                        total_timeout=spec.total_timeout,
+                        cwd=box.workdir,
+                        allow_errors=True,
+                        extra_cells_after=_recorder(spec.answer_names, answers_file),
+                    )
+                    break
+                except notebooks.MalformedNotebook as exc:
+                    return cannot_grade(str(exc))
+                except notebooks.NotebookError as exc:
+                    # No kernel could start: the grader's environment, never the learner's code (none of it
+                    # has run yet). Once more with a fresh kernel, then an error that shows the kernel's log.
+                    box.kill_all()
+                    if attempt == 2:
+                        return cannot_grade(f"{exc}{_log_tail(box.workdir / 'kernel.log')}", status="error")
             box.kill_all()  # every process the notebook started, detached or not
             answers, problems = _load_answers(answers_file)
             mode = box.mode

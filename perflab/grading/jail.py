@@ -44,6 +44,7 @@ MODE_SAME_USER = "same-user"
 USER_PREFIX = "perflab-sbx-"
 USER_POOL = 16
 _SLOTS_DIR = Path(tempfile.gettempdir()) / "perflab-sandbox-slots"
+_SETTLE_S = 10.0  # how long a claimed user may take to have no process left (init reaps zombies every ~2 s here)
 _CGROUP_V2_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 _CGROUP_V1_PIDS = Path("/sys/fs/cgroup/pids")
 
@@ -96,7 +97,12 @@ def _ensure_user(name: str) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def _claimed_user() -> Iterator[tuple[str, int, int]]:
-    """A sandbox user no other grading run holds, for as long as the block lasts."""
+    """A sandbox user no other grading run holds, for as long as the block lasts, and with no process left.
+
+    A user whose processes are not all gone is skipped: a killed process stays a zombie until init reaps it,
+    and zombies still count against the user's RLIMIT_NPROC (seen: after a process flood, the next kernel of
+    that user could not start its threads and hung until the 60 s start-up limit).
+    """
     _SLOTS_DIR.mkdir(mode=0o700, exist_ok=True)
     os.chmod(_SLOTS_DIR, 0o700)
     while True:
@@ -110,7 +116,8 @@ def _claimed_user() -> Iterator[tuple[str, int, int]]:
             try:
                 name = f"{USER_PREFIX}{number:02d}"
                 uid, gid = _ensure_user(name)
-                _kill_uid(uid)  # whatever an earlier, crashed run of this user left
+                if _kill_uid(uid, settle_s=_SETTLE_S):  # whatever an earlier, crashed run of this user left
+                    continue  # still not reaped: another user
                 yield name, uid, gid
                 _kill_uid(uid)
             finally:
@@ -131,31 +138,36 @@ def _grant_interpreter_traversal() -> None:
                     parent.chmod(mode | 0o001)
 
 
-def _kill_uid(uid: int) -> int:
-    """SIGKILL every process whose real uid is ``uid``, until none is left. Returns how many were killed."""
-    killed = 0
-    for _ in range(20):
-        victims = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            for line in status.splitlines():
-                if line.startswith("Uid:"):
-                    if int(line.split()[1]) == uid:
-                        victims.append(int(entry.name))
-                    break
-        if not victims:
-            return killed
+def _uid_pids(uid: int) -> list[int]:
+    """Every process whose real uid is ``uid``, zombies included."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                if int(line.split()[1]) == uid:
+                    found.append(int(entry.name))
+                break
+    return found
+
+
+def _kill_uid(uid: int, settle_s: float = 1.0) -> int:
+    """SIGKILL every process whose real uid is ``uid`` until none is left, or ``settle_s`` has passed.
+    Returns how many are left (zombies not yet reaped count: they still count against RLIMIT_NPROC)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        victims = _uid_pids(uid)
+        if not victims or time.monotonic() > deadline:
+            return len(victims)
         for pid in victims:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-                killed += 1
         time.sleep(0.05)
-    return killed
 
 
 class _Cgroup:
