@@ -68,6 +68,8 @@ GENERATE_SQL = paths.DATASETS_DIR / "generate.sql"
 TEMPLATE_PREFIX = "perflab_"
 CLONE_PREFIX = "perflab_tmp_"
 WORKSPACE_PREFIX = "perflab_ws_"
+# The advisory lock under which databases are closed to PUBLIC (here, and by the grader's sweep).
+PUBLIC_CONNECT_LOCK = "perflab-grading-revoke"
 
 
 def create_and_empty(dsn: str, schema: str, tables: str) -> None:
@@ -174,9 +176,20 @@ def build(scale: str | None = None, *, database: str | None = None, progress: bo
             conn.execute("SELECT pg_advisory_unlock(hashtext('perflab-build'))")
 
 
-def _drop_database(conn, name: str) -> None:
-    conn.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE false') if _exists(conn, name) else None
-    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def _drop_database(conn, name: str, attempts: int = 30) -> None:
+    """Drop ``name`` (a template too). A catalog race with another session ("tuple concurrently updated",
+    seen in CI while other processes created and dropped copies) or a backend still closing is retried."""
+    import psycopg
+
+    for attempt in range(attempts):
+        try:
+            conn.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE false') if _exists(conn, name) else None
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (psycopg.errors.InternalError, psycopg.errors.ObjectInUse):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
 
 
 def _exists(conn, name: str) -> bool:
@@ -313,6 +326,13 @@ def _clone(name: str, scale: str | None) -> str:
                 f"could not copy the course data ({template}) into {name}: {exc}\n"
                 "Fix: `perflab data build --force` rebuilds the course data."
             ) from exc
+        # Closed to PUBLIC from the start (the course's own user is a superuser; a lesson's role is granted
+        # by name), so a grading never has to revoke it: its sweep over databases open to PUBLIC would
+        # otherwise update this row while this process grants on it or drops it ("tuple concurrently
+        # updated"). The same lock as that sweep: one catalog change at a time.
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (PUBLIC_CONNECT_LOCK,))
+            conn.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
     return stack.ensure().dsn(name)
 
 

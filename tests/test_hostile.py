@@ -370,5 +370,5 @@ def test_orphaned_grading_clones_are_dropped(tiny_data):
                           env=os.environ).stdout.strip().splitlines()[-1]
     dead = int(name[len(isolation.PREFIX):].split("_")[0])
     assert name in _grading_leftovers(dead)
-    assert name in isolation.sweep_orphans()
+    isolation.sweep_orphans()  # (every grading sweeps first: another test process's may have dropped it already)
     assert name not in _grading_leftovers(dead)

@@ -113,7 +113,7 @@ def _revoke_public_connect(conn) -> None:
                       "SELECT 1 FROM aclexplode(datacl) a WHERE a.grantee = 0 "
                       "AND a.privilege_type IN ('CONNECT', 'TEMPORARY')))")
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('perflab-grading-revoke'))")
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (datasets.PUBLIC_CONNECT_LOCK,))
         for (name,) in conn.execute(open_to_public).fetchall():
             # A database another process creates or drops meanwhile (a notebook's copy, a test's throwaway
             # copy) can make a REVOKE fail with "tuple concurrently deleted/updated": retry while it exists.
