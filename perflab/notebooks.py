@@ -86,7 +86,7 @@ _TIMEOUT_ENAME = "PerflabCellTimeout"
 
 # After a timeout the kernel is interrupted; a kernel that has not answered a trivial request
 # within this many seconds ignored the interrupt (e.g. a bare `except:` around the loop).
-_RESPONSIVE_WITHIN_S = 20
+_RESPONSIVE_WITHIN_S = 10
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _CELL_LINE = re.compile(r"Cell In\[\d*\], line (\d+)")
