@@ -42,6 +42,11 @@ class ProbeError(RuntimeError):
     """The server's log could not be read. The message names the fix."""
 
 
+class ServerLogDenied(ProbeError):
+    """This database role may not read the server's log: while a lab is graded, the notebook runs as a role of
+    its own, and a self-check that counts statements stops here (the grader's own checks count them)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Statement:
     sql: str
@@ -227,7 +232,7 @@ def log_position(conn) -> tuple[str, int]:
     try:
         logfile = conn.execute("SELECT pg_current_logfile('jsonlog')").fetchone()[0]
     except psycopg.errors.InsufficientPrivilege:
-        raise ProbeError("counting statements reads the server's log, which this database role may not do "
+        raise ServerLogDenied("counting statements reads the server's log, which this database role may not do "
                          "(while a lab is graded, the notebook runs as a role of its own and the grader counts "
                          "statements itself)") from None
     if not logfile:

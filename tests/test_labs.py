@@ -10,6 +10,7 @@ import json
 import pytest
 
 from labtools import LABS, graded
+from perflab.grading import grader
 
 
 @pytest.mark.parametrize("lab", LABS)
@@ -17,6 +18,8 @@ def test_the_solution_passes(lab, tiny_data):
     """No check fails or errs; a timed check may say "inconclusive — rerun" on a machine too busy to judge."""
     report = graded(lab, "solution")
     assert report.problem is None, report.text()
+    # Every cell ran clean, but for self-checks that count statements (the sandbox may not read the log).
+    assert all(grader.SELF_CHECK_STOPPED in note for note in report.notebook_notes), report.text()
     not_passed = [(o.exercise, o.name, o.status) for o in report.checks if o.status != "passed"]
     assert all(status == "inconclusive" for *_, status in not_passed), report.text()
     assert report.exit_code == (0 if not not_passed else 3), report.text()

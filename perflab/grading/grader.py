@@ -885,6 +885,20 @@ def _infer_lab(submission: Path) -> str:
     return match.group(1)
 
 
+# A self-check that counts statements reads the server's log, which the sandbox's database role may not: the
+# cell stops there while grading. Said as what it is, not as an error of the learner's.
+SELF_CHECK_STOPPED = "stopped at a self-check that counts statements on the server"
+
+
+def _note(run) -> str:
+    """What the report says of a cell that did not run clean."""
+    if run.status == "error" and run.ename == "ServerLogDenied":
+        where = f" (line {run.line})" if run.line else ""
+        return (f"{run.label} {SELF_CHECK_STOPPED}{where}: while grading, only the grader reads the server's "
+                "log (its own checks count the statements); on your machine this self-check runs")
+    return run.describe()
+
+
 def _log_tail(path: Path, lines: int = 12) -> str:
     """The last lines of a sandboxed kernel's log, for an error message (empty when there is none)."""
     try:
@@ -1022,7 +1036,7 @@ def grade(
         sandbox_note = (f"learner code ran in a sandbox as {'a dedicated user' if mode == 'dedicated user' else 'your own user'} "
                         f"({limits.describe()})")
 
-    notes = [run.describe() for run in execution.failures]
+    notes = [_note(run) for run in execution.failures]
     if execution.stopped and not execution.kernel_died:
         notes.append(f"the run stopped early: {execution.stopped}")
     notes += [f"the grader's answer recorder failed {error}" for error in execution.hidden_errors]
