@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from perflab import paths, results as _results
-from perflab.units import format_bytes, format_number, format_seconds, format_value, tame_numbers
+from perflab.units import flatten_counters, format_bytes, format_number, format_seconds, format_value, tame_numbers
 
 __all__ = ["record", "record_claim", "build_summary", "run_course", "write_index", "environment",
            "load_results", "load_claims", "SUMMARY_SCHEMA"]
@@ -702,17 +702,6 @@ def _sweep_table(columns: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table><p class='meta'>median time per call</p>"
 
 
-def _flatten(counters: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(counters, dict):
-        items = []
-        for key, value in counters.items():
-            items.extend(_flatten(value, f"{prefix} · {key}" if prefix else str(key)))
-        return items
-    if isinstance(counters, list) and counters and all(isinstance(v, dict) for v in counters):
-        return [(f"{prefix} [{i + 1}]", format_value(v)) for i, v in enumerate(counters)]
-    return [(prefix, counters)]
-
-
 def _counters_table(counters: dict | None) -> str:
     """Counters as small tables: a list of records gets its own table, the rest one "counter | value" table."""
     if not counters:
@@ -734,7 +723,7 @@ def _counters_table(counters: dict | None) -> str:
 def _counter_pairs(counters: Any) -> str:
     if not counters:
         return ""
-    pairs = _flatten(counters)
+    pairs = flatten_counters(counters)
     body = "".join(f"<tr><td>{_e(k)}</td>{_cell(v)}</tr>" for k, v in pairs[:24])
     more = f"<p class='meta'>{len(pairs) - 24} more counters in summary.json</p>" if len(pairs) > 24 else ""
     return f"<table><tr><th>counter</th><th>value</th></tr>{body}</table>{more}"

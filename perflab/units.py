@@ -131,6 +131,33 @@ def format_value(value: Any, digits: int = 3) -> str:
     return tame_numbers(str(value))
 
 
+_UNIT_SUFFIXES = (("_ms", "ms"), ("_s", "s"), ("_mb", "MB"), ("_bytes", "bytes"))
+
+
+def counter_label(key: Any) -> str:
+    """A counter's name as a reader would write it: ``"p50_ms"`` -> ``"p50 (ms)"``, ``"rows_read"`` -> ``"rows read"``."""
+    key = str(key)
+    for suffix, unit in _UNIT_SUFFIXES:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            key = f"{key[:-len(suffix)]} ({unit})"
+            break
+    return key.replace("_", " ")
+
+
+def flatten_counters(counters: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested counters as ``(label, value)`` rows, the panel's table and the report's alike:
+    ``{"statements": {"lazy_loads": 171}}`` -> ``[("statements · lazy loads", 171)]``; a list of records gets
+    a row per record (``"name [1]"``)."""
+    if isinstance(counters, dict):
+        rows = []
+        for key, value in counters.items():
+            rows.extend(flatten_counters(value, f"{prefix} · {counter_label(key)}" if prefix else counter_label(key)))
+        return rows
+    if isinstance(counters, list) and counters and all(isinstance(v, dict) for v in counters):
+        return [(f"{prefix} [{i + 1}]", format_value(v)) for i, v in enumerate(counters)]
+    return [(prefix, counters)]
+
+
 _LONG_FLOAT = re.compile(r"(?<![\w.])(\d[\d,]*\.\d+)(?:[eE][-+]?\d+)?(?![\w.])")
 
 

@@ -267,18 +267,6 @@ class Outcome:
                         f"not {type(result).__name__}")
 
 
-def _flatten(counters: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"statements": {"lazy": 171}} -> {"statements · lazy": 171}."""
-    flat = {}
-    for key, value in counters.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name} · "))
-        else:
-            flat[name] = value
-    return flat
-
-
 def _display_data(item: Any) -> dict:
     """An output-area entry for ``item``, binary data (a PNG) base64-encoded as Jupyter expects."""
     import base64
@@ -432,11 +420,11 @@ class Panel:
         if outcome.counters:
             import pandas as pd
 
-            from perflab.units import format_value
+            from perflab.units import flatten_counters, format_value
 
-            flat = _flatten(outcome.counters)
-            shown.append(pd.DataFrame({"counter": list(flat), "value": [format_value(v) for v in flat.values()]})
-                         .set_index("counter"))
+            rows = flatten_counters(outcome.counters)
+            shown.append(pd.DataFrame({"counter": [label for label, _ in rows],
+                                       "value": [format_value(value) for _, value in rows]}).set_index("counter"))
         self.output.outputs = tuple(_display_data(item) for item in shown if item is not None)
 
     # ---- display -------------------------------------------------------------------------------

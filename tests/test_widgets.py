@@ -40,12 +40,14 @@ def test_a_click_runs_the_function_with_the_controls_values_and_names_them_in_th
 
 def test_the_counters_table_reads_like_prose_not_like_a_repr():
     panel = make_panel(lambda n, mode: widgets.Outcome(
-        headline="ran", counters={"plan": ["Seq Scan"], "rows read": {"bad": 1000000.0, "good": 114}}), live=True)
+        headline="ran", counters={"plan": ["Seq Scan"], "rows read": {"bad": 1000000.0, "good": 114},
+                                  "pool of 3": {"p99_ms": 400.0, "rows_read": 2}}), live=True)
     panel.run(n=5)
     table = panel.output.outputs[0]["data"]["text/plain"]
     assert "Seq Scan" in table and "['Seq Scan']" not in table
     assert "1,000,000" in table and "1000000.0" not in table
     assert "rows read · good" in table
+    assert "pool of 3 · p99 (ms)" in table and "pool of 3 · rows read" in table and "_ms" not in table
 
 
 def test_a_value_outside_the_safe_range_is_refused_with_a_message_and_nothing_runs():
