@@ -203,6 +203,7 @@ def _build_into(conn, spec: Scale, target: str, as_template: bool, progress: boo
     building = target + "_building"
     _drop_database(conn, building)
     conn.execute(f'CREATE DATABASE "{building}"')
+    _close_to_public(conn, building)
     started = time.perf_counter()
     statements = _statements(SCHEMA_SQL.read_text()) + _statements(_substitute(GENERATE_SQL.read_text(), spec))
     # On a terminal the line is overwritten in place (tqdm pads it to clear the previous text); in a
@@ -326,14 +327,18 @@ def _clone(name: str, scale: str | None) -> str:
                 f"could not copy the course data ({template}) into {name}: {exc}\n"
                 "Fix: `perflab data build --force` rebuilds the course data."
             ) from exc
-        # Closed to PUBLIC from the start (the course's own user is a superuser; a lesson's role is granted
-        # by name), so a grading never has to revoke it: its sweep over databases open to PUBLIC would
-        # otherwise update this row while this process grants on it or drops it ("tuple concurrently
-        # updated"). The same lock as that sweep: one catalog change at a time.
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (PUBLIC_CONNECT_LOCK,))
-            conn.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
+        _close_to_public(conn, name)
     return stack.ensure().dsn(name)
+
+
+def _close_to_public(conn, name: str) -> None:
+    """Close a database this module just made to PUBLIC (the course's own user is a superuser; a lesson's role
+    is granted by name), so a grading never has to revoke it: its sweep over databases open to PUBLIC would
+    otherwise update this row while this process renames, grants on or drops it ("tuple concurrently
+    updated"). Under the same lock as that sweep: one such catalog change at a time."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (PUBLIC_CONNECT_LOCK,))
+        conn.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
 
 
 def workspace(name: str, scale: str | None = None) -> str:

@@ -16,7 +16,7 @@ def test_two_builds_are_identical_row_for_row(tiny_data, course_stack):
     finally:
         with psycopg.connect(course_stack.dsn(), autocommit=True) as conn:
             for name in copies:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                datasets._drop_database(conn, name)
 
 
 def test_a_rebuild_happens_only_when_needed(tiny_data):
