@@ -892,7 +892,9 @@ SELF_CHECK_STOPPED = "stopped at a self-check that counts statements on the serv
 
 def _note(run) -> str:
     """What the report says of a cell that did not run clean."""
-    if run.status == "error" and run.ename == "ServerLogDenied":
+    from perflab.probes import ServerLogDenied  # raised in the kernel: known here by its name
+
+    if run.status == "error" and run.ename == ServerLogDenied.__name__:
         where = f" (line {run.line})" if run.line else ""
         return (f"{run.label} {SELF_CHECK_STOPPED}{where}: while grading, only the grader reads the server's "
                 "log (its own checks count the statements); on your machine this self-check runs")
