@@ -12,7 +12,7 @@ SCALE ?=
 LAB ?=
 SUBMISSION ?=
 # make test runs test files in parallel (see tests/conftest.py); TEST_JOBS= runs them one at a time.
-TEST_JOBS ?= -n 3 --dist loadgroup
+TEST_JOBS ?= -n 4 --dist loadgroup
 WHEELHOUSE := wheelhouse
 # With a wheelhouse/ (`make wheelhouse`, or one copied from a USB stick), set-up needs no network at all.
 PIP_SOURCE = $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE),)

@@ -1,7 +1,6 @@
 """The stack: real servers from pip packages, idempotent, recoverable, with clear errors."""
 import os
 import socket
-import statistics
 import time
 from pathlib import Path
 
@@ -123,24 +122,37 @@ def test_environment_urls_override_and_are_never_stopped(course_stack, private_s
     assert stack.versions()["postgresql"]
 
 
+def _round_trips_ms(conn_or_ping, samples: int) -> list[float]:
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        conn_or_ping()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
 def _added_rtt_ms(direct_url: str, proxied_url: str, samples: int = 100) -> float:
-    """Median added round trip, timing direct and proxied queries alternately so drift hits both."""
+    """The round trip the proxy adds: the fastest proxied query minus the fastest direct one.
+
+    Timed alternately so drift hits both. The fastest, not the median: the relay never delivers
+    early, and a loaded machine (make test runs beside other tests) only ever adds time, so the
+    fastest round trips are the ones nothing else disturbed. A relay that adds too little or too
+    much still shows in the fastest.
+    """
     with psycopg.connect(direct_url, autocommit=True) as direct, psycopg.connect(proxied_url, autocommit=True) as proxied:
-        differences = []
-        for _ in range(samples + 5):
-            times = []
-            for conn in (direct, proxied):
-                start = time.perf_counter()
-                conn.execute("SELECT 1").fetchone()
-                times.append(time.perf_counter() - start)
-            differences.append(times[1] - times[0])
-    return statistics.median(differences[5:]) * 1000  # the first few warm both paths up
+        for conn in (direct, proxied):  # warm both paths up
+            _round_trips_ms(lambda: conn.execute("SELECT 1").fetchone(), 5)
+        fastest = {"direct": float("inf"), "proxied": float("inf")}
+        for _ in range(samples):
+            for name, conn in (("direct", direct), ("proxied", proxied)):
+                fastest[name] = min(fastest[name], *_round_trips_ms(lambda: conn.execute("SELECT 1").fetchone(), 1))
+    return fastest["proxied"] - fastest["direct"]
 
 
 @pytest.mark.parametrize("rtt_ms", [1.0, 2.0, 5.0])
 def test_latency_proxy_adds_the_round_trip_it_promises(course_stack, rtt_ms):
     with stack.latency_proxy(rtt_ms) as proxy:
-        added = _added_rtt_ms(course_stack.dsn(), proxy.dsn(), samples=60 if rtt_ms < 5 else 30)
+        added = _added_rtt_ms(course_stack.dsn(), proxy.dsn(), samples=100 if rtt_ms < 5 else 40)
     assert abs(added - rtt_ms) <= 0.2 * rtt_ms, f"added {added:.3f} ms for a {rtt_ms} ms setting"
 
 
@@ -150,12 +162,10 @@ def test_latency_proxy_fronts_redis_too(course_stack):
     with stack.latency_proxy(2.0, target="redis") as proxy:
         client = redis.Redis.from_url(proxy.url)
         client.ping()
-        start = time.perf_counter()
-        for _ in range(20):
-            client.ping()
-        per_ping = (time.perf_counter() - start) / 20 * 1000
+        pings = _round_trips_ms(client.ping, 40)
         client.close()
-    assert 1.8 <= per_ping <= 3.0
+    # the fastest ping: the relay never delivers early, and load only adds time (see _added_rtt_ms)
+    assert 2.0 <= min(pings) <= 2.5, f"fastest ping through a 2 ms proxy: {min(pings):.3f} ms"
 
 
 def test_env_prints_exports(course_stack):

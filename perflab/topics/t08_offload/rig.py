@@ -669,8 +669,12 @@ def kill_pool_process(job: Callable | str, settings: dict, dsn: str, *, jobs: in
             w.client.send_task(TASK_NAME, args=[order])
         running = _wait_running(dsn, concurrency, w)
         time.sleep(WORK_S / 2)
-        # Only a pool process of this worker is ever signalled (the pids come from a table, so check them).
+        # The victim: the pool process whose job started last, asked again just before the kill (on a loaded
+        # machine the jobs seen running a moment ago may have finished since). Only a pool process of this
+        # worker is ever signalled (the pids come from a table, so check them).
         pool_pids = _children(w.worker.pid)
+        running = _rows(dsn, "SELECT id, order_id, pid FROM public.order_runs WHERE finished_at IS NULL "
+                             "ORDER BY started_at DESC") or running
         victim = next((pid for _, _, pid in running if pid != w.worker.pid and pid in pool_pids), None)
         if victim is None:
             raise RuntimeError("no job was running in a pool process of the worker (the runs logged pids "
