@@ -4,6 +4,7 @@
 servers keep their state in .perflab/test, so a course running in .perflab/ is never touched.
 """
 import os
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +95,7 @@ def pytest_sessionstart(session):
 
 
 _STARTED: set[str] = set()
+_T0 = time.monotonic()
 
 
 def pytest_runtest_logstart(nodeid, location):
@@ -109,7 +111,8 @@ def pytest_runtest_logstart(nodeid, location):
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.ensure_newline()
-            reporter.write_line(f"started {path}")
+            elapsed = int(time.monotonic() - _T0)
+            reporter.write_line(f"started {path} at {elapsed // 60}:{elapsed % 60:02d}")
 
 
 def pytest_configure(config):

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from labtools import SLOW, TIMED, expect, fails, graded, passes, solution_answers
+from labtools import SLOW, TIMED, Expected, expect, fails, graded, passes, solution_answers
 
 from perflab import stack
 from perflab.grading import grader, isolation
@@ -170,3 +170,19 @@ def process_order_once(conn, order_id):
                  (order_id, build_report(order_id)))
 '''
     expect(judge([DUPLICATE], process_order_once=replacing), {DUPLICATE: fails("dropped or replaced")})
+
+
+def test_a_worker_that_runs_no_copy_is_inconclusive_not_a_failure(tiny_data, monkeypatch):
+    """Not one copy reached the task (a batch of two gradings at a time once had its worker run none): that
+    says nothing of the answer. Tried once more, then "rerun", with how the copies ended; never "0 emails"."""
+    tries = []
+
+    def no_copy_ran(*args, **kwargs):
+        tries.append(1)
+        return rig.Delivery("the same order submitted 3 times", ["order-42"], emails={}, reports={}, runs={},
+                            errors=[], notes=["the copies ended: FAILURE: WorkerLostError('gone')"])
+
+    monkeypatch.setattr(rig, "submit_duplicates", no_copy_ran)
+    expect(judge([DUPLICATE]), {DUPLICATE: Expected(frozenset({"inconclusive"}),
+                                                    ("none of the 3 submitted copies", "WorkerLostError"))})
+    assert len(tries) == 2

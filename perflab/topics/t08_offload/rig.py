@@ -706,15 +706,26 @@ def submit_duplicates(job: Callable | str, settings: dict | None, dsn: str, *, c
     reset(dsn)
     order = "order-42"
     started = time.monotonic()
+    outcomes = []
+
+    def settle(result) -> None:
+        """Wait for a copy; note how it ended (the job's own errors are counted in the database)."""
+        try:
+            value = result.get(timeout=timeout, propagate=False)
+            outcomes.append(result.state if result.state == "SUCCESS" else f"{result.state}: {value!r}"[:300])
+        except Exception as exc:  # noqa: BLE001 - a timeout or a broker error: noted, judged by the caller
+            outcomes.append(f"{type(exc).__name__}: {exc}"[:300])
+
     with worker(job, settings, job_dsn, concurrency=concurrency, label="dup", broker=broker, start=start) as w:
         pair = [w.client.send_task(TASK_NAME, args=[order]) for _ in range(2)]
         for result in pair:
-            with contextlib.suppress(Exception):
-                result.get(timeout=timeout, propagate=False)
-        with contextlib.suppress(Exception):
-            w.client.send_task(TASK_NAME, args=[order]).get(timeout=timeout, propagate=False)
-    return Delivery("the same order submitted 3 times", [order], waited_s=time.monotonic() - started,
-                    **_effects(dsn, [order]))
+            settle(result)
+        settle(w.client.send_task(TASK_NAME, args=[order]))
+        effects = _effects(dsn, [order])
+        notes = [] if sum(effects["runs"].values()) else \
+            [f"the copies ended: {'; '.join(outcomes)}", f"worker log:\n{w.worker.log(15)}"]
+    return Delivery("the same order submitted 3 times", [order], waited_s=time.monotonic() - started, notes=notes,
+                    **effects)
 
 
 def retries_with_backoff(dsn: str, *, failures: int = 2, timeout: float = 30.0) -> list[dict]:
