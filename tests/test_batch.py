@@ -119,6 +119,22 @@ def test_make_grade_returns_the_graders_exit_code(class_folder, tmp_path, which,
     assert result.returncode == code, result.stdout + result.stderr
 
 
+def test_gradings_side_by_side_never_meet_a_primary_restart(tmp_path, monkeypatch):
+    """A lab that needs the read replica restarts the primary on its first use (wal_level): with --jobs 2 that
+    ended a lab 08 grading's connections mid-check. A batch with such a lab switches the primary first."""
+    from perflab import stack
+
+    calls = []
+    monkeypatch.setattr(stack, "prepare_replication", lambda: calls.append(1) or ["restarted for the replica"])
+    said = []
+    todo = [(str(tmp_path / "08_celery_offload.ipynb"), "a", None, str(tmp_path / "a")),
+            (str(tmp_path / "notes.ipynb"), "b", None, str(tmp_path / "b"))]  # a lab it cannot tell: skipped
+    batch._prepare_shared_servers(todo, said.append)
+    assert calls == [] and said == []
+    batch._prepare_shared_servers(todo + [(str(tmp_path / "x.ipynb"), "c", "11", str(tmp_path / "c"))], said.append)
+    assert calls == [1] and said == ["  before grading: restarted for the replica"]
+
+
 @pytest.mark.slow
 def test_a_class_of_every_starter_and_every_solution_grades_with_two_jobs(tmp_path, tiny_data):
     """Every lab's starter and solution as one class (`make test-slow`; ~5 min on 2 cores): starters score 0,

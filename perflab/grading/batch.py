@@ -172,6 +172,25 @@ def _run_parallel(todo: list[tuple], jobs: int, say: Callable[[str], None]) -> l
     return records
 
 
+def _prepare_shared_servers(todo: list[tuple], say: Callable[[str], None]) -> None:
+    """Before gradings run side by side: what a grading would otherwise do to the shared server while another
+    one runs. A lab that needs the read replica switches the primary to wal_level = replica on its first
+    use, and that restarts the primary, ending every other grading's connections ("terminating connection
+    due to administrator command": a correct lab 08 solution once lost its check that way)."""
+    from perflab import stack
+    from perflab.grading import grader
+
+    labs = set()
+    for submission, _, lab, _ in todo:
+        try:
+            labs.add(grader.load_lab(lab or grader._infer_lab(Path(submission))).id)
+        except Exception:  # noqa: BLE001 - an unknown lab is reported by its own grading
+            continue
+    if any(grader.load_lab(lab).needs_replica for lab in labs):
+        for message in stack.prepare_replication():
+            say(f"  before grading: {message}")
+
+
 def _line(record: dict) -> str:
     return (f"  {record['status']:<12} {record['score']:g}/{record['max_score']:g}  {record['submission']}"
             f"  ({record['seconds']:.0f} s)")
@@ -198,6 +217,8 @@ def grade_batch(folder: str | Path, *, out_dir: str | Path, lab: str | None = No
             todo.append((str(path), sub_id, lab, str(out)))
     say(f"grading {len(todo)} of {len(submissions)} submission(s) with {jobs} job(s)"
         + (f"; {len(done)} already graded" if done else ""))
+    if jobs > 1:
+        _prepare_shared_servers(todo, say)
     for record in _run_parallel(todo, jobs, say):
         done[record["submission"]] = record
     if retry_inconclusive and jobs > 1:
