@@ -66,7 +66,8 @@ test: setup
 	PERFLAB_SCALE=tiny PERFLAB_PRESET=fast PERFLAB_STATE_DIR=$(CURDIR)/.perflab/test \
 	PERFLAB_BUILD_DIR=$(CURDIR)/build/test $(BIN)/python -m pytest -m "not slow" $(TEST_JOBS) $(PYTEST_ARGS)
 
-# The slow tests: the offline install (builds a wheelhouse once into build/test/wheelhouse, ~2-4 min).
+# The slow tests (~3 min): the offline install (builds a wheelhouse once into build/test/wheelhouse) and a
+# class of every lab's starter and solution graded with --jobs 2.
 test-slow: setup
 	PERFLAB_SCALE=tiny PERFLAB_PRESET=fast PERFLAB_STATE_DIR=$(CURDIR)/.perflab/test \
 	PERFLAB_BUILD_DIR=$(CURDIR)/build/test $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -137,7 +137,7 @@ def test_gradings_side_by_side_never_meet_a_primary_restart(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_a_class_of_every_starter_and_every_solution_grades_with_two_jobs(tmp_path, tiny_data):
-    """Every lab's starter and solution as one class (`make test-slow`; ~5 min on 2 cores): starters score 0,
+    """Every lab's starter and solution as one class (`make test-slow`; ~2 min on 2 cores): starters score 0,
     solutions full marks; a timed check the noise gate calls inconclusive is not a failure."""
     from labtools import LABS, solution, starter
 

@@ -1,6 +1,6 @@
 """Offline install: `make wheelhouse` collects every wheel, and `make setup` installs from it with no index.
 
-Slow, so `make test-slow` runs it, not `make test` (~4 min: the wheelhouse is built once into build/test/wheelhouse, then a fresh virtualenv is set up
+Slow, so `make test-slow` runs it, not `make test` (~45 s: the wheelhouse is built once into build/test/wheelhouse, then a fresh virtualenv is set up
 from it). The index is unreachable for the install: neither pip nor uv (which set-up uses when it can) reads a
 configuration file (so no find-links or extra index of the machine's), their index URLs point at a closed port,
 and the Makefile passes --no-index.
