@@ -180,13 +180,13 @@ def _prepare_shared_servers(todo: list[tuple], say: Callable[[str], None]) -> No
     from perflab import stack
     from perflab.grading import grader
 
-    labs = set()
+    needs_replica = False
     for submission, _, lab, _ in todo:
         try:
-            labs.add(grader.load_lab(lab or grader._infer_lab(Path(submission))).id)
+            needs_replica = needs_replica or grader.load_lab(lab or grader._infer_lab(Path(submission))).needs_replica
         except Exception:  # noqa: BLE001 - an unknown lab is reported by its own grading
             continue
-    if any(grader.load_lab(lab).needs_replica for lab in labs):
+    if needs_replica:
         for message in stack.prepare_replication():
             say(f"  before grading: {message}")
 
