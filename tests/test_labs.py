@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from labtools import LABS, graded
+from labtools import LABS, graded, solution
+from perflab import notebooks
 from perflab.grading import grader
 
 
@@ -23,6 +24,21 @@ def test_the_solution_passes(lab, tiny_data):
     not_passed = [(o.exercise, o.name, o.status) for o in report.checks if o.status != "passed"]
     assert all(status == "inconclusive" for *_, status in not_passed), report.text()
     assert report.exit_code == (0 if not not_passed else 3), report.text()
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_the_solutions_self_checks_pass_in_a_learners_kernel(lab, tiny_data, tmp_path):
+    """What a learner sees on finishing the lab: every cell of the solution runs clean in a plain kernel.
+
+    The graded run above already ran every cell, in the sandbox; only the self-checks that count statements
+    stop there (the sandbox may not read the server's log). A solution with such a cell runs once more,
+    outside the grader, where they run; one without is not run twice."""
+    report = graded(lab, "solution")
+    stopped = [note for note in report.notebook_notes if grader.SELF_CHECK_STOPPED in note]
+    if not stopped:
+        return
+    result = notebooks.execute(solution(lab), out_path=tmp_path / solution(lab).name, cell_timeout=300)
+    assert not result.failures, [run.describe() for run in result.failures]
 
 
 @pytest.mark.parametrize("lab", LABS)

@@ -171,6 +171,10 @@ def configure(app, *, broker: str, queue: str, prefix: str, settings: dict | Non
         "unacked_restore_throttle": 1,
         # A worker killed while it holds the restore mutex blocks every restore until the mutex expires.
         "unacked_mutex_expire": 3,
+        # An idle worker waits on the queue in BRPOP for this long (kombu's default: 1 s) before it looks
+        # again; a warm shutdown (SIGTERM: running tasks finish) waits for that wait to end. At 0.1 s a
+        # worker stops in ~0.25 s instead of ~1.2 s. A message still arrives the moment it is queued.
+        "polling_interval": 0.1,
     }
     app.conf.update(config)
     return app
