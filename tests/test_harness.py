@@ -383,9 +383,13 @@ def test_async_variants_inside_an_already_running_loop():
     caller_loop, res = asyncio.run(notebook_cell())
     assert res.async_variants == ("5 ms", "1 ms")
     ratio = res.ratio()
-    # asyncio.sleep wakes up ~0.1 ms late: (5 + ε) / (1 + ε) is ~4.5 (as with time.sleep above,
-    # a loaded machine widens the CI, so require the CI to reach into [3.5, 5.5]).
-    assert ratio.clear and ratio.ci_low <= 5.5 and ratio.ci_high >= 3.5, str(ratio)
+    assert ratio.clear and ratio.value > 1, str(ratio)
+    # asyncio.sleep wakes up ~0.1 ms late: (5 + ε) / (1 + ε) is ~4.5. A loaded machine wakes it later still
+    # (make test's 4 processes keep both cores busy: 2.6x was measured), and only ever later, so the
+    # fastest sample of each variant is the one to read: never under its sleep, and near it.
+    fastest = {label: min(s.seconds for s in res.samples if s.variant == label) for label in res.labels}
+    assert fastest["5 ms"] >= 0.005 and fastest["1 ms"] >= 0.001, fastest
+    assert 3.0 <= fastest["5 ms"] / fastest["1 ms"] <= 5.5, fastest
     again = compare({"1 ms": async_nap_1ms}, preset="fast")
     assert again.async_variants == ("1 ms",)
     # One long-lived loop in the harness's thread served every call of both comparisons.
