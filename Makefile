@@ -25,7 +25,7 @@ ifeq ($(MAKECMDGOALS),grade)
 MAKEFLAGS += --question
 endif
 
-.PHONY: help setup run test test-fast up down status env data lab grade labs bench strip clean clean-data \
+.PHONY: help setup run test up down status env data lab grade labs bench strip clean clean-data \
         doctor wheelhouse test-slow
 
 help:
