@@ -23,11 +23,12 @@ import pytest  # noqa: E402
 # `make test` runs tests in parallel (pytest-xdist, `--dist loadgroup`): while one test waits on a server, a
 # kernel or a sleep, another uses the CPU (with 4 processes both cores are ~95% busy for the whole run; the
 # CPU goes to PostgreSQL, kernels, the grader's sandboxes and the tests themselves). Each file is one unit
-# of work (its module fixtures, e.g. the browser test's JupyterLab, start once); a lab's tests in test_labs.py go with its own test file (they
-# share its graded solution and starter, `labtools.graded`); the lesson notebooks run one after another in
-# one process (`CourseRun` runs each once per session, whichever process asks first), with the report's
-# audit that reads their run and the tests that use the read replica. The controller starts the servers,
-# builds the tiny data and clears the build folder before any worker starts, and stops the servers at the end.
+# of work (its module fixtures, e.g. the browser test's JupyterLab, start once); a lab's tests in
+# test_labs.py go with its own test file (they share its graded solution and starter, `labtools.graded`);
+# the lesson notebooks run one after another in one process (`CourseRun` runs each once per session,
+# whichever process asks first), with the report's audit that reads their run and the tests that use the
+# read replica. The controller starts the servers, builds the tiny data and clears the build folder before
+# any worker starts, and stops the servers at the end.
 def _is_worker(config) -> bool:
     return hasattr(config, "workerinput")
 

@@ -275,6 +275,16 @@ def _run(ctx, experiment, *args, **kwargs):
     return result
 
 
+def _run_again_if(ctx, missed, experiment, *args) -> rig.Delivery:
+    """`_run` an experiment on the sandbox's workers (`_experiment`), and once more if ``missed(delivery)``:
+    an experiment that did not happen (the kill landed after the job, the worker ran no copy) says nothing
+    of the task. A caller that sees it missed twice says "inconclusive"."""
+    delivery = _run(ctx, experiment, *args, **_experiment(ctx))
+    if missed(delivery):
+        delivery = _run(ctx, experiment, *args, **_experiment(ctx))
+    return delivery
+
+
 def _first_error(delivery) -> str:
     order, error = delivery.errors[0]
     return f"order {order}: {error.splitlines()[0]}"
@@ -497,11 +507,9 @@ def survives_worker_kill(ctx) -> CheckResult:
 def survives_pool_process_kill(ctx) -> CheckResult:
     settings, body = _settings(ctx), _task_body(ctx)
     _prepare(ctx)
-    delivery = _run(ctx, rig.kill_pool_process, body, settings, ctx.dsn, **_experiment(ctx))
-    if delivery.killed == 0:
-        # The job the kill was aimed at ended first (it lasts rig.WORK_S; a machine this busy aimed too late):
-        # the experiment says nothing about the task. Once more, then "rerun".
-        delivery = _run(ctx, rig.kill_pool_process, body, settings, ctx.dsn, **_experiment(ctx))
+    # No job cut: the job the kill was aimed at ended first (it lasts rig.WORK_S; a machine this busy aimed
+    # too late).
+    delivery = _run_again_if(ctx, lambda d: d.killed == 0, rig.kill_pool_process, body, settings, ctx.dsn)
     details = delivery.summary()
     if delivery.killed == 0:
         raise Inconclusive("the pool process had finished its job before it was killed, twice; rerun the grader")
@@ -535,14 +543,13 @@ def survives_pool_process_kill(ctx) -> CheckResult:
 def duplicate_has_one_effect(ctx) -> CheckResult:
     body = _task_body(ctx)
     _prepare(ctx)
-    delivery = _run(ctx, rig.submit_duplicates, body, _reference_settings(ctx), ctx.dsn, **_experiment(ctx))
+    # Not one copy reached process_order_once (the rig records a run before calling it): the worker, not the
+    # task, failed (seen once in a batch of two gradings at a time).
+    delivery = _run_again_if(ctx, lambda d: not sum(d.runs.values()), rig.submit_duplicates, body,
+                             _reference_settings(ctx), ctx.dsn)
     if not sum(delivery.runs.values()):
-        # Not one copy reached process_order_once (the rig records a run before calling it): the worker, not
-        # the task, failed (seen once in a batch of two gradings at a time). Once more, then "rerun".
-        delivery = _run(ctx, rig.submit_duplicates, body, _reference_settings(ctx), ctx.dsn, **_experiment(ctx))
-        if not sum(delivery.runs.values()):
-            raise Inconclusive("the worker ran none of the 3 submitted copies, twice, so your task was never "
-                               f"called: {delivery.notes[0] if delivery.notes else 'no outcome'}; rerun the grader")
+        raise Inconclusive("the worker ran none of the 3 submitted copies, twice, so your task was never "
+                           f"called: {delivery.notes[0] if delivery.notes else 'no outcome'}; rerun the grader")
     order = delivery.orders[0]
     emails, reports = delivery.emails.get(order, 0), delivery.reports.get(order, 0)
     details = delivery.summary()
