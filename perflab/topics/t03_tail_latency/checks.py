@@ -11,7 +11,8 @@ of the orders). The grader creates them in its own copy of the data, then checks
    to the reference's;
 3. the big tenant's p99 at most ``P99_MULTIPLE`` × the small tenants' p99, measured call by call in
    this run; a noise gate (a primary-key lookup timed alongside must have a tight tail) makes a
-   noisy run inconclusive instead of failed.
+   noisy run inconclusive instead of failed, and a quiet run over the limit is measured again (up to
+   ``ATTEMPTS`` runs) before it fails.
 
 The answer is a value (DDL text), so no learner code runs at all. Each statement is sent alone, with
 the extended protocol (a ``;``-chained extra is a syntax error), by the submission's own role on its
@@ -180,7 +181,8 @@ def tail_close_to_median(ctx) -> CheckResult:
     """Big tenant's p99 within P99_MULTIPLE of the small tenants', for both queries, in this run."""
     _measurements(ctx)  # the indexes exist in ctx.dsn from here on
     rng = np.random.default_rng(7)
-    worst = None
+    least_noisy = None  # (noise, ratio, ratios) of the quietest attempt, whatever the gate said
+    quiet = []          # (ratio, ratios) of the attempts the noise gate let through
     with psycopg.connect(ctx.dsn, autocommit=True) as conn:
         for _ in range(ATTEMPTS):
             ratios, noise = {}, 1.0
@@ -206,15 +208,22 @@ def tail_close_to_median(ctx) -> CheckResult:
                 control_ms = dist.runs[dist.runs.variant == "control"].ms.to_numpy()
                 noise = max(noise, np.percentile(control_ms, 99) / np.percentile(control_ms, 50) / QUIET_TAIL * NOISE_LIMIT)
             ratio = max(r[0] for r in ratios.values())
-            if worst is None or (noise, ratio) < (worst[2], worst[0]):
-                worst = (ratio, ratios, noise)
+            if least_noisy is None or (noise, ratio) < least_noisy[:2]:
+                least_noisy = (noise, ratio, ratios)
             if noise <= NOISE_LIMIT:
-                break   # a quiet run is the one to judge by
-    ratio, ratios, noise = worst
-    if noise > NOISE_LIMIT:
+                quiet.append((ratio, ratios))
+                if ratio <= P99_MULTIPLE:
+                    break   # a quiet run within the limit: judged
+                # A quiet run over the limit is measured again before it fails: a p99 of 300 calls is 3 late
+                # ones, and on a busy machine (make test keeps both cores busy) 3 late calls can land on one
+                # tenant while the control's tail stays under the gate (seen: big 8.7x on one query, small
+                # 3.5x the big one on the other). A plan that reads the big tenant's rows is over it every time.
+    if not quiet:
+        ratios = least_noisy[2]
         detail = "; ".join(f"{q}: big p99 {b:.2f} ms vs small p99 {s:.2f} ms" for q, (r, b, s) in ratios.items())
         return CheckResult.inconclusive(f"this machine was too noisy to judge p99 (a primary-key lookup timed "
                                         f"alongside had a p99 over {QUIET_TAIL:g}x its median); rerun the grader. {detail}")
+    ratio, ratios = min(quiet, key=lambda attempt: attempt[0])
     detail = "; ".join(f"{q}: big p99 {b:.2f} ms vs small p99 {s:.2f} ms ({r:.1f}x)" for q, (r, b, s) in ratios.items())
     if ratio <= P99_MULTIPLE:
         return CheckResult.ok(f"the big tenant's p99 is within {P99_MULTIPLE:g}x of the small tenants': {detail}")
