@@ -141,12 +141,13 @@ def observe(ctx, feeder: Feeder, submission: Callable, original: Callable, conne
 
 
 def measure(feeder: Feeder, original: Callable, reference: Callable, submission: Callable, *, arg: Any, preset,
-            starts_with: Callable[[Any, int], bool], answer: str = "answer"):
+            starts_with: Callable[[Any, int], bool], answer: str = "answer", decided: Callable | None = None):
     """Time the three (remotes taking ``arg``) with a fresh order before every call, through `measure_gated`.
 
     Returns the Comparison, or a failed `CheckResult` when the submission's first answer differs from the
     original's or a timed answer lacks the order just added (a stale answer fails even when the timing is
-    inconclusive); raises `Inconclusive` when the machine was too noisy and the answers were right."""
+    inconclusive); raises `Inconclusive` when the machine was too noisy and the answers were right. ``decided``:
+    as for `measure_gated`."""
     alike = feeder.added["submission"] == feeder.added["reference"]   # each variant's first answer comparable
     kept: dict[str, list] = {"original": [], "submission": []}
 
@@ -165,7 +166,7 @@ def measure(feeder: Feeder, original: Callable, reference: Callable, submission:
         # answers with each other (the reference shares the original's clone); they are judged below.
         result = measure_gated(timed(original, "reference", kept["original"]), timed(reference, "reference"),
                                timed(submission, "submission", kept["submission"]), equal=lambda a, b: True,
-                               preset=preset)
+                               preset=preset, decided=decided)
     except Inconclusive as exc:
         noisy = exc
     if kept["submission"] and kept["original"]:

@@ -38,7 +38,7 @@ from psycopg import sql as pgsql
 from perflab import notebooks, probes
 from perflab.grading import sources
 from perflab.grading.grader import Check, CheckResult, Exercise, LabSpec, SubmissionError, learner_code
-from perflab.grading.contracts import WrongAnswer, measure_gated, speedup_verdict
+from perflab.grading.contracts import WrongAnswer, measure_gated, speedup_decided, speedup_verdict
 
 ACCOUNT_CUSTOMERS = (1, 2, 1500)  # the big tenant, a busy customer, a quiet one
 
@@ -238,7 +238,8 @@ def faster_than_original(name: str):
                 return call
 
             try:
-                result = measure_gated(run("original"), run("reference"), run("submission"))
+                result = measure_gated(run("original"), run("reference"), run("submission"),
+                                       decided=speedup_decided())
             except WrongAnswer:
                 return CheckResult.fail(f"{name} returns different rows from the original, so its speed "
                                         "is not judged (see the correctness check)")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from perflab import harness
 from perflab.grading import fresh
-from perflab.grading.contracts import speedup_verdict
+from perflab.grading.contracts import speedup_decided, speedup_verdict
 from perflab.grading.grader import Check, CheckResult, Exercise, LabSpec
 from perflab.topics.t02_n_plus_one.rig import STATEMENT_BOUND, diagnose
 
@@ -137,7 +137,7 @@ def faster_than_original(ctx) -> CheckResult:
     reference = ctx.reference_function(NAME).via(PAGE, timeout=CALL_TIMEOUT)
     verdict = fresh.measure(_feeder(ctx), original, reference, submission, arg=SPEED_SIZE, preset=SPEED_PRESET,
                             starts_with=lambda page, new_id: _starts_with(page, new_id) and len(page) == SPEED_SIZE,
-                            answer="page")
+                            answer="page", decided=speedup_decided())
     if isinstance(verdict, CheckResult):
         return verdict
     result = verdict

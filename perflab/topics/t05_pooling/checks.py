@@ -34,7 +34,7 @@ import time
 from decimal import Decimal, InvalidOperation
 
 from perflab import stack
-from perflab.grading.contracts import WrongAnswer, measure_gated, speedup_verdict
+from perflab.grading.contracts import WrongAnswer, measure_gated, speedup_decided, speedup_verdict
 from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError
 from perflab.topics.t05_pooling.rig import POOL_SIZE
 
@@ -424,7 +424,8 @@ def faster_than_original(ctx) -> CheckResult:
         noisy = None
         with ctx.count_statements() as probe:
             try:
-                result = measure_gated(calls["original"], calls["reference"], calls["submission"])
+                result = measure_gated(calls["original"], calls["reference"], calls["submission"],
+                                       decided=speedup_decided())
             except WrongAnswer:
                 return CheckResult.fail("handle() returns a different answer from the original, so its speed is "
                                         "not judged (see the correctness check)")

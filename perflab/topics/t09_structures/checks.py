@@ -19,7 +19,7 @@ import secrets
 from perflab import complexity, harness
 from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec
 from perflab.topics.t09_structures.drivers import EDGE_CASES
-from perflab.grading.contracts import WrongAnswer, measure_gated
+from perflab.grading.contracts import WrongAnswer, beyond_noise, measure_gated, noise_note
 from perflab.memory import frozen_heap
 
 MAX_SLOPE = 1.2
@@ -178,7 +178,9 @@ def faster_than_original(name: str):
         with frozen_heap():
             try:
                 result = measure_gated(*(lambda fn=sides[side]: fn(name, n, seed)
-                                         for side in ("original", "reference", "submission")))
+                                         for side in ("original", "reference", "submission")),
+                                       decided=lambda run, noise: beyond_noise(run.ratio("original", "submission"),
+                                                                               MIN_SPEEDUP, noise))
             except WrongAnswer:
                 return CheckResult.fail(f"{name} returns different results from the original at n={n:,}, so "
                                         "its speed is not judged (see the correctness check)")
@@ -187,9 +189,10 @@ def faster_than_original(name: str):
         details = {"submission": str(gain), "reference": str(reference_gain)}
         if gain.clear and gain.value >= MIN_SPEEDUP:
             return CheckResult.ok(f"at n={n:,}: {gain.value:,.0f}x faster than the original (the reference: "
-                                  f"{reference_gain.value:,.0f}x)", **details)
+                                  f"{reference_gain.value:,.0f}x){noise_note(result)}", **details)
         return CheckResult.fail(f"at n={n:,}, your {name} against the original: {gain}; at least {MIN_SPEEDUP:g}x "
-                                f"is expected (the reference: {reference_gain.value:,.0f}x). Hint: {HINTS[name]}",
+                                f"is expected (the reference: {reference_gain.value:,.0f}x){noise_note(result)}. "
+                                f"Hint: {HINTS[name]}",
                                 **details)
     return check
 

@@ -33,6 +33,7 @@ from collections import Counter
 
 from perflab import harness, memory
 from perflab.grading import fresh
+from perflab.grading.contracts import beyond_noise, noise_note
 from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError
 from perflab.topics.t10_profiling.rig import REPORT_FUNCTIONS, REPORT_LIMIT
 
@@ -163,7 +164,9 @@ def faster(ctx) -> CheckResult:
     original = _remote(ctx, "original", REPORT)
     reference = _remote(ctx, "reference", REPORT)
     verdict = fresh.measure(_feeder(ctx), original, reference, submission, arg=SPEED_LIMIT, preset=SPEED_PRESET,
-                            starts_with=_starts_with, answer="report")
+                            starts_with=_starts_with, answer="report",
+                            decided=lambda run, noise: beyond_noise(run.ratio("original", "submission"), MIN_SPEEDUP,
+                                                                    noise))
     if isinstance(verdict, CheckResult):
         return verdict
     result = verdict
@@ -172,9 +175,10 @@ def faster(ctx) -> CheckResult:
     details = {"submission": str(gain), "reference": str(reference_gain)}
     if gain.clear and gain.value >= MIN_SPEEDUP:
         return CheckResult.ok(f"{gain.value:.1f}x faster than the original (the reference fix: "
-                              f"{reference_gain.value:.1f}x)", **details)
+                              f"{reference_gain.value:.1f}x){noise_note(result)}", **details)
     return CheckResult.fail(f"against the original: {gain}; at least {MIN_SPEEDUP:g}x is expected (the reference fix: "
-                            f"{reference_gain.value:.1f}x). Fix the hotspot the profile names first", **details)
+                            f"{reference_gain.value:.1f}x){noise_note(result)}. Fix the hotspot the profile names "
+                            "first", **details)
 
 
 # -- memory ----------------------------------------------------------------------------------------
