@@ -39,6 +39,10 @@ help:
 	@echo "make up | down | status | env | data | labs | bench SCALE=full | strip | clean"
 
 setup: $(STAMP)
+	@# perflab's own bytecode, written here once: a grading's sandboxed processes may not write it, and with
+	@# PYTHONDONTWRITEBYTECODE set no process does, so each of a test run's ~300 kernels, sandboxes and
+	@# workers compiled the modules it imports again (~0.4 s of CPU for the grader's). Up to date: ~0.2 s.
+	@$(BIN)/python -m compileall -q -j 0 perflab >/dev/null
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "perflab needs Python 3.11 or newer; this is " + sys.version.split()[0] + ". Fix: make PYTHON=python3.11 ...")'

@@ -260,6 +260,7 @@ def cmd_proxy(args) -> int:
 
 
 def cmd_strip(args) -> int:
+    from perflab import notebooks  # noqa: F401  # first: nbformat without a 1.5 s detour
     import nbformat
 
     def strip_outputs(path: Path) -> bool:
