@@ -37,6 +37,11 @@ class WrongAnswer(Exception):
     """The submission's answer differs from the original's: its speed is not judged."""
 
 
+def _quiet(noise: harness.Ratio) -> bool:
+    """The gate: the reference against itself within ``NOISE_LIMIT`` at both ends of its CI."""
+    return 1 / NOISE_LIMIT <= noise.ci_low and noise.ci_high <= NOISE_LIMIT
+
+
 def noise_factor(result: harness.Comparison) -> float:
     """How far the reference strayed from itself in ``result`` (>= 1): the far end of its CI against itself."""
     noise = result.ratio("reference", "reference again")
@@ -66,7 +71,7 @@ def measure_gated(original: Callable, reference: Callable, submission: Callable,
         except harness.AnswerMismatch as mismatch:
             raise WrongAnswer(str(mismatch)) from mismatch
         noise = result.ratio("reference", "reference again")
-        if 1 / NOISE_LIMIT <= noise.ci_low and noise.ci_high <= NOISE_LIMIT:
+        if _quiet(noise):
             return result
         if decided is not None and decided(result, noise_factor(result)):
             return result
@@ -85,7 +90,7 @@ def speedup_decided(share: float = SPEEDUP_SHARE) -> Callable[[harness.Compariso
 def noise_note(result: harness.Comparison) -> str:
     """A sentence for a verdict given on a run that failed the noise gate (``""`` when it passed)."""
     noise = result.ratio("reference", "reference again")
-    if 1 / NOISE_LIMIT <= noise.ci_low and noise.ci_high <= NOISE_LIMIT:
+    if _quiet(noise):
         return ""
     return (f" (a busy machine: the reference against itself measured {noise.ci_low:.2f}x–{noise.ci_high:.2f}x, "
             "too little to change this verdict)")
