@@ -168,3 +168,17 @@ def test_functions_planted_for_the_graders_superuser_connection_never_run(tiny_d
     report = grader.grade(submission("05", tmp_path, {lambda cell: cell.startswith("def open_app(dsn):"): trap}))
     expect(report, {SAME: passes(), FEW: passes("counted by the server"), LEAKS: passes(), SPEED: TIMED})
     assert "trap ran" not in report.text(), report.text()
+
+
+def test_the_speed_checks_customers_exist_at_every_scale():
+    """The speed check draws each timed call's customers from the burst's middle half by order count. A fixed
+    range (4-11 orders) once held none of them at `small`, where every burst customer has 20 orders or more,
+    and the check crashed there (a grader error); `tiny` has 3-8 in its middle half."""
+    from perflab.topics.t05_pooling import checks as lab05
+
+    for counts in ({c: c % 9 for c in lab05.BURST_CUSTOMERS},            # tiny-like: 0-8 orders
+                   {c: 20 + c % 300 for c in lab05.BURST_CUSTOMERS}):    # small-like: 20 orders and more
+        universe = lab05._typical_customers({c: (n, "any total") for c, n in counts.items()})
+        assert len(universe) == len(lab05.BURST_CUSTOMERS) // 2 >= lab05.REQUESTS_PER_TIMED_CALL
+        ordered = sorted(counts.values())
+        assert sorted(counts[c] for c in universe) == ordered[len(ordered) // 4:len(ordered) - len(ordered) // 4]
