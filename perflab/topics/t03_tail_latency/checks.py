@@ -47,6 +47,7 @@ QUIET_TAIL = 8.0              # a control query's p99 above 8x its p50 is the ma
 CONTROL_SQL = "SELECT total FROM orders WHERE id = %s"
 CALLS = 300                   # per population and query, per attempt
 ATTEMPTS = 3
+BODY_PERCENTILE = 95          # a p99 over the limit fails only when this percentile is over it too
 
 _CREATE_INDEX = re.compile(r"^\s*CREATE\s+(UNIQUE\s+)?INDEX\b[^;]*\bON\s+(ONLY\s+)?(public\.)?orders\b[^;]*;?\s*$",
                            re.IGNORECASE | re.DOTALL)
@@ -182,10 +183,11 @@ def tail_close_to_median(ctx) -> CheckResult:
     _measurements(ctx)  # the indexes exist in ctx.dsn from here on
     rng = np.random.default_rng(7)
     least_noisy = None  # (noise, ratio, ratios) of the quietest attempt, whatever the gate said
-    quiet = []          # (ratio, ratios) of the attempts the noise gate let through
+    quiet = []          # (ratio, ratios) of the attempts the noise gate let through and that can be judged
+    late = []           # (ratio, ratios) of quiet attempts over the limit through a few late calls only
     with psycopg.connect(ctx.dsn, autocommit=True) as conn:
         for _ in range(ATTEMPTS):
-            ratios, noise = {}, 1.0
+            ratios, bodies, noise = {}, {}, 1.0
             for query, sql in QUERIES.items():
                 tenants = [BIG if i % 2 else int(rng.choice(SMALL)) for i in range(2 * CALLS)]
 
@@ -203,6 +205,7 @@ def tail_close_to_median(ctx) -> CheckResult:
                 big = runs[runs.label == "big"].ms.to_numpy()
                 p99_small = np.percentile(small, 99)
                 ratios[query] = (np.percentile(big, 99) / p99_small, np.percentile(big, 99), p99_small)
+                bodies[query] = np.percentile(big, BODY_PERCENTILE) / np.percentile(small, BODY_PERCENTILE)
                 # The machine's own tail: a primary-key lookup interleaved with the workload costs the
                 # same every time, so its p99/p50 is noise (another process, a GC pause), not the answer.
                 control_ms = dist.runs[dist.runs.variant == "control"].ms.to_numpy()
@@ -211,13 +214,25 @@ def tail_close_to_median(ctx) -> CheckResult:
             if least_noisy is None or (noise, ratio) < least_noisy[:2]:
                 least_noisy = (noise, ratio, ratios)
             if noise <= NOISE_LIMIT:
-                quiet.append((ratio, ratios))
                 if ratio <= P99_MULTIPLE:
+                    quiet.append((ratio, ratios))
                     break   # a quiet run within the limit: judged
-                # A quiet run over the limit is measured again before it fails: a p99 of 300 calls is 3 late
-                # ones, and on a busy machine (make test keeps both cores busy) 3 late calls can land on one
-                # tenant while the control's tail stays under the gate (seen: big 8.7x on one query, small
-                # 3.5x the big one on the other). A plan that reads the big tenant's rows is over it every time.
+                # Over the limit. A plan that reads the big tenant's rows makes every one of its calls slow:
+                # its p95 is over the limit too, in every run. A p99 of 300 calls is their 3 slowest, and on a
+                # busy machine (make test keeps both cores busy) 3 late calls can land on one tenant while the
+                # control's tail stays under the gate (seen: 3.4x and 3.6x with both tenants' p50 at 0.18 ms):
+                # such a run is measured again, and never fails the answer. Either kind is measured again
+                # (up to ATTEMPTS) in case a quiet run within the limit follows.
+                if any(r > P99_MULTIPLE and bodies[q] > P99_MULTIPLE for q, (r, _, _) in ratios.items()):
+                    quiet.append((ratio, ratios))
+                else:
+                    late.append((ratio, ratios))
+    if not quiet and late:
+        ratios = min(late, key=lambda attempt: attempt[0])[1]
+        detail = "; ".join(f"{q}: big p99 {b:.2f} ms vs small p99 {s:.2f} ms ({r:.1f}x)" for q, (r, b, s) in ratios.items())
+        return CheckResult.inconclusive(f"the big tenant's p99 was over {P99_MULTIPLE:g}x the small tenants' only through "
+                                        f"a few late calls (its p{BODY_PERCENTILE} within {P99_MULTIPLE:g}x): on a busy "
+                                        f"machine that is noise, not the plan; rerun the grader. {detail}")
     if not quiet:
         ratios = least_noisy[2]
         detail = "; ".join(f"{q}: big p99 {b:.2f} ms vs small p99 {s:.2f} ms" for q, (r, b, s) in ratios.items())
