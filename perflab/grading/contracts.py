@@ -79,11 +79,17 @@ def measure_gated(original: Callable, reference: Callable, submission: Callable,
                        f"{noise.ci_low:.2f}x–{noise.ci_high:.2f}x); rerun the grader")
 
 
+def gain_decided(mark: float) -> Callable[[harness.Comparison, float], bool]:
+    """`measure_gated`'s ``decided`` for a check that wants the submission ``mark`` times faster than the original."""
+    def decided(result: harness.Comparison, noise: float) -> bool:
+        return beyond_noise(result.ratio("original", "submission"), mark, noise)
+    return decided
+
+
 def speedup_decided(share: float = SPEEDUP_SHARE) -> Callable[[harness.Comparison, float], bool]:
     """`measure_gated`'s ``decided`` for `speedup_verdict` with the same ``share``."""
     def decided(result: harness.Comparison, noise: float) -> bool:
-        needed = share * result.ratio("original", "reference").value
-        return beyond_noise(result.ratio("original", "submission"), needed, noise)
+        return gain_decided(share * result.ratio("original", "reference").value)(result, noise)
     return decided
 
 

@@ -12,7 +12,8 @@ of the orders). The grader creates them in its own copy of the data, then checks
 3. the big tenant's p99 at most ``P99_MULTIPLE`` × the small tenants' p99, measured call by call in
    this run; a noise gate (a primary-key lookup timed alongside must have a tight tail) makes a
    noisy run inconclusive instead of failed, and a quiet run over the limit is measured again (up to
-   ``ATTEMPTS`` runs) before it fails.
+   ``ATTEMPTS`` runs) before it fails; it fails only when the big tenant's p95 is over the limit too
+   (a plan that reads its rows slows every call; a few late calls on a busy machine do not).
 
 The answer is a value (DDL text), so no learner code runs at all. Each statement is sent alone, with
 the extended protocol (a ``;``-chained extra is a syntax error), by the submission's own role on its
@@ -178,6 +179,12 @@ def plans_fit(ctx) -> CheckResult:
                           + ", ".join(f"{q} {p[BIG].rows_read('orders'):,.0f}" for q, p in m["plans"].items()))
 
 
+def _detail(ratios: dict, with_ratio: bool = True) -> str:
+    """``{query: (ratio, big p99, small p99)}`` as the check's messages show it."""
+    return "; ".join(f"{q}: big p99 {b:.2f} ms vs small p99 {s:.2f} ms" + (f" ({r:.1f}x)" if with_ratio else "")
+                     for q, (r, b, s) in ratios.items())
+
+
 def tail_close_to_median(ctx) -> CheckResult:
     """Big tenant's p99 within P99_MULTIPLE of the small tenants', for both queries, in this run."""
     _measurements(ctx)  # the indexes exist in ctx.dsn from here on
@@ -228,18 +235,16 @@ def tail_close_to_median(ctx) -> CheckResult:
                 else:
                     late.append((ratio, ratios))
     if not quiet and late:
-        ratios = min(late, key=lambda attempt: attempt[0])[1]
-        detail = "; ".join(f"{q}: big p99 {b:.2f} ms vs small p99 {s:.2f} ms ({r:.1f}x)" for q, (r, b, s) in ratios.items())
+        detail = _detail(min(late, key=lambda attempt: attempt[0])[1])
         return CheckResult.inconclusive(f"the big tenant's p99 was over {P99_MULTIPLE:g}x the small tenants' only through "
                                         f"a few late calls (its p{BODY_PERCENTILE} within {P99_MULTIPLE:g}x): on a busy "
                                         f"machine that is noise, not the plan; rerun the grader. {detail}")
     if not quiet:
-        ratios = least_noisy[2]
-        detail = "; ".join(f"{q}: big p99 {b:.2f} ms vs small p99 {s:.2f} ms" for q, (r, b, s) in ratios.items())
+        detail = _detail(least_noisy[2], with_ratio=False)
         return CheckResult.inconclusive(f"this machine was too noisy to judge p99 (a primary-key lookup timed "
                                         f"alongside had a p99 over {QUIET_TAIL:g}x its median); rerun the grader. {detail}")
     ratio, ratios = min(quiet, key=lambda attempt: attempt[0])
-    detail = "; ".join(f"{q}: big p99 {b:.2f} ms vs small p99 {s:.2f} ms ({r:.1f}x)" for q, (r, b, s) in ratios.items())
+    detail = _detail(ratios)
     if ratio <= P99_MULTIPLE:
         return CheckResult.ok(f"the big tenant's p99 is within {P99_MULTIPLE:g}x of the small tenants': {detail}")
     return CheckResult.fail(f"the big tenant's p99 is more than {P99_MULTIPLE:g}x the small tenants': {detail}. "

@@ -19,7 +19,7 @@ import secrets
 from perflab import complexity, harness
 from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec
 from perflab.topics.t09_structures.drivers import EDGE_CASES
-from perflab.grading.contracts import WrongAnswer, beyond_noise, measure_gated, noise_note
+from perflab.grading.contracts import WrongAnswer, gain_decided, measure_gated, noise_note
 from perflab.memory import frozen_heap
 
 MAX_SLOPE = 1.2
@@ -179,8 +179,7 @@ def faster_than_original(name: str):
             try:
                 result = measure_gated(*(lambda fn=sides[side]: fn(name, n, seed)
                                          for side in ("original", "reference", "submission")),
-                                       decided=lambda run, noise: beyond_noise(run.ratio("original", "submission"),
-                                                                               MIN_SPEEDUP, noise))
+                                       decided=gain_decided(MIN_SPEEDUP))
             except WrongAnswer:
                 return CheckResult.fail(f"{name} returns different results from the original at n={n:,}, so "
                                         "its speed is not judged (see the correctness check)")

@@ -33,7 +33,7 @@ from collections import Counter
 
 from perflab import harness, memory
 from perflab.grading import fresh
-from perflab.grading.contracts import beyond_noise, noise_note
+from perflab.grading.contracts import gain_decided, noise_note
 from perflab.grading.grader import Check, CheckResult, Exercise, Inconclusive, LabSpec, SubmissionError
 from perflab.topics.t10_profiling.rig import REPORT_FUNCTIONS, REPORT_LIMIT
 
@@ -164,9 +164,7 @@ def faster(ctx) -> CheckResult:
     original = _remote(ctx, "original", REPORT)
     reference = _remote(ctx, "reference", REPORT)
     verdict = fresh.measure(_feeder(ctx), original, reference, submission, arg=SPEED_LIMIT, preset=SPEED_PRESET,
-                            starts_with=_starts_with, answer="report",
-                            decided=lambda run, noise: beyond_noise(run.ratio("original", "submission"), MIN_SPEEDUP,
-                                                                    noise))
+                            starts_with=_starts_with, answer="report", decided=gain_decided(MIN_SPEEDUP))
     if isinstance(verdict, CheckResult):
         return verdict
     result = verdict
