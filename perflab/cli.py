@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from perflab import paths
+from perflab.units import format_disk
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -84,10 +85,10 @@ def _print_disk(rows: list[dict]) -> None:
     """The disk the course uses: .perflab/ in all, and each course database in it."""
     from perflab import datasets, stack
 
-    print(f"\ndisk: {stack._human_bytes(stack.folder_bytes(paths.STATE_DIR))} in {paths.STATE_DIR}")
+    print(f"\ndisk: {format_disk(stack.folder_bytes(paths.STATE_DIR))} in {paths.STATE_DIR}")
     if rows and rows[0].get("health") == "healthy":
         for name, size in datasets.disk_usage().items():
-            print(f"  {stack._human_bytes(size):>10}  {name}")
+            print(f"  {format_disk(size):>10}  {name}")
 
 
 def cmd_stack_replica(args) -> int:
@@ -150,7 +151,7 @@ def cmd_run(args) -> int:
         removed = stack.replica_remove()
         if removed:
             print(removed)
-        print(f".perflab/ holds {stack._human_bytes(stack.folder_bytes(paths.STATE_DIR))}")
+        print(f".perflab/ holds {format_disk(stack.folder_bytes(paths.STATE_DIR))}")
         if (Path(paths.BUILD_DIR) / "summary.json").exists():
             report.refresh_summary()  # the report's disk figures: what stays after this clean-up
     print(f"== done in {time.perf_counter() - started:.0f} s: open {paths.BUILD_DIR / 'index.html'}")

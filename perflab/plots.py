@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from perflab import paths
-from perflab.units import HOURS_PER, format_seconds, time_unit
+from perflab.units import HOURS_PER, format_bytes, format_seconds, time_unit
 
 if TYPE_CHECKING:  # the harness imports plots lazily (res.plot()); plots never imports the harness
     from perflab.harness import Comparison, Sweep
@@ -663,15 +663,6 @@ def _format_bytes_tick(value: float, _position=None) -> str:
     return f"{value:g} B"
 
 
-def _format_bytes_label(value: float) -> str:
-    """Three significant digits for values printed on a chart: "4.32 MB", "716 kB", "11.9 kB"."""
-    for size, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if abs(value) >= size:
-            scaled = value / size
-            return f"{scaled:.0f} {unit}" if abs(scaled) >= 100 else f"{scaled:.3g} {unit}"
-    return f"{value:.0f} B"
-
-
 def memory_bars(comparison, ax: Axes | None = None, title: str | None = None,
                 save: str | bool | None = None) -> Figure:
     """Horizontal bars of peak memory per variant (a ``perflab.memory.MemoryComparison``), log scale
@@ -693,7 +684,7 @@ def memory_bars(comparison, ax: Axes | None = None, title: str | None = None,
             ax.set_xlim(0, values.max() * 1.28)
         ax.xaxis.set_major_formatter(FuncFormatter(_format_bytes_tick))
         for row, value in zip(rows, values):
-            ax.annotate(_format_bytes_label(value), (value, row), xytext=(6, 0), textcoords="offset points",
+            ax.annotate(format_bytes(value), (value, row), xytext=(6, 0), textcoords="offset points",
                         va="center", ha="left", fontsize=10, color=INK)
         ax.set_yticks(rows, [_wrap(label, LABEL_WRAP) for label in labels])
         ax.tick_params(axis="y", length=0)
@@ -724,7 +715,7 @@ def waterfall(steps, ax: Axes | None = None, title: str | None = None, save: str
     """
     labels = [label for label, _ in steps]
     values = np.array([value for _, value in steps], float)
-    fmt = format_seconds if unit == "seconds" else _format_bytes_label
+    fmt = format_seconds if unit == "seconds" else format_bytes
     with matplotlib.rc_context(COURSE_STYLE):
         figure, ax = _new_axes(ax, 8.0, 4.4)
         x = np.arange(len(values) + 1)

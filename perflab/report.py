@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from perflab import paths, results as _results
-from perflab.units import flatten_counters, format_bytes, format_number, format_seconds, format_value, tame_numbers
+from perflab.units import flatten_counters, format_bytes, format_disk, format_number, format_seconds, format_value, tame_numbers
 
 __all__ = ["record", "record_claim", "build_summary", "run_course", "write_index", "environment",
            "load_results", "load_claims", "SUMMARY_SCHEMA"]
@@ -888,9 +888,9 @@ def _environment_table(env: dict, run: dict) -> str:
     if run.get("notebooks_seconds"):
         rows.append(("time in notebooks", format_seconds(run["notebooks_seconds"])))
     if run.get("build_bytes") is not None:
-        rows.append(("disk used: build/", format_bytes(run["build_bytes"])))
+        rows.append(("disk used: build/", format_disk(run["build_bytes"])))
     if run.get("state_bytes") is not None:
-        rows.append(("disk used: servers and data (.perflab/)", format_bytes(run["state_bytes"])))
+        rows.append(("disk used: servers and data (.perflab/)", format_disk(run["state_bytes"])))
     return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
 
 

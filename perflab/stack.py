@@ -40,6 +40,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from perflab import paths
 from perflab.paths import folder_bytes  # re-exported: `perflab stack status` and the CLI use it from here
+from perflab.units import format_disk
 
 # Non-default ports, so a system PostgreSQL/Redis on 5432/6379 never collides with the course's.
 DEFAULT_PG_PORT = 55432
@@ -723,22 +724,14 @@ def status() -> list[dict]:
             "service": service.name, "version": version, "url": service.masked_url,
             "pid": service.pid if service.managed else None,
             "data_dir": service.data_dir, "managed": service.managed, "health": health,
-            "disk": _human_bytes(folder_bytes(service.data_dir)) if service.data_dir else None,
+            "disk": format_disk(folder_bytes(service.data_dir)) if service.data_dir else None,
         })
     if _replica_configured():
         row = replica_status()
         rows.append({key: row.get(key) for key in ("service", "version", "url", "pid", "data_dir", "health")}
                     | {"managed": not _replica_override(),
-                       "disk": _human_bytes(folder_bytes(row["data_dir"])) if row.get("data_dir") else None})
+                       "disk": format_disk(folder_bytes(row["data_dir"])) if row.get("data_dir") else None})
     return rows
-
-
-def _human_bytes(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:,.0f} {unit}" if unit in ("B", "kB") else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
 
 
 def env_lines(docker: bool = False) -> list[str]:
@@ -1447,7 +1440,7 @@ def replica_remove() -> str | None:
         size = folder_bytes(base)
         stopped = _stop_replica()
         shutil.rmtree(base, ignore_errors=True)
-    return f"{stopped}; its data folder removed ({_human_bytes(size)} freed; `perflab stack replica up` makes a new one)"
+    return f"{stopped}; its data folder removed ({format_disk(size)} freed; `perflab stack replica up` makes a new one)"
 
 
 def replica_lag(rep: Replica | None = None) -> dict:

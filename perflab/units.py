@@ -13,7 +13,7 @@ import re
 from numbers import Integral, Real
 from typing import Any
 
-__all__ = ["time_unit", "format_seconds", "format_factor", "format_bytes", "format_number",
+__all__ = ["time_unit", "format_seconds", "format_factor", "format_bytes", "format_disk", "format_number",
            "format_value", "tame_numbers", "MAX_DIGITS", "HOURS_PER"]
 
 MAX_DIGITS = 4  # no float in a report or a headline shows more significant digits than this
@@ -81,6 +81,21 @@ def format_bytes(size: float) -> str:
             value = size / scale
             return f"{value:.0f} {unit}" if abs(value) >= 100 else f"{value:.3g} {unit}"
     return f"{size:.0f} B"
+
+
+def format_disk(size: float) -> str:
+    """Disk use as ``du -h`` and ``df -h`` count it, in 1,024s: ``1_209_626_056`` -> ``"1.1 GB"``.
+
+    Every disk figure the course prints (``make status``, ``make run``'s last line, the report's
+    environment table, the doctor's free space) is counted this way, so they agree with each other
+    and with the system's own tools; :func:`format_bytes` (decimal) is for memory measurements."""
+    if size is None or not math.isfinite(size):
+        return "n/a"
+    for unit in ("B", "kB", "MB"):
+        if abs(size) < 1024:
+            return f"{size:,.0f} {unit}" if unit in ("B", "kB") else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:,.1f} GB"
 
 
 def format_number(value: float, digits: int = 3) -> str:

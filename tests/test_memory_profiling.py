@@ -30,6 +30,18 @@ def test_format_bytes():
     assert memory.format_bytes(512) == "512 B" and memory.format_bytes(1_500) == "1.5 kB"
 
 
+def test_disk_figures_count_in_1024s_everywhere_the_course_prints_them():
+    # `make run`'s last line said ".perflab/ holds 1.1 GB" while the report's environment table said
+    # "1.21 GB" for the same 1,209,626,056 bytes; both now count as du -h and df -h do.
+    from perflab import report, units
+
+    assert units.format_disk(1_209_626_056) == "1.1 GB"
+    assert units.format_disk(639_532_646) == "609.9 MB"
+    assert units.format_disk(512) == "512 B" and units.format_disk(None) == "n/a"
+    table = report._environment_table({}, {"state_bytes": 1_209_626_056, "build_bytes": 18_664_000})
+    assert "<td>1.1 GB</td>" in table and "<td>17.8 MB</td>" in table
+
+
 def test_frozen_heap_makes_collections_cheap_and_unfreezes():
     with memory.frozen_heap() as frozen:
         assert gc.get_freeze_count() > 0 and "objects" in repr(frozen)
