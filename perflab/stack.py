@@ -443,6 +443,8 @@ def _start_postgres(state: dict) -> None:
         _kill_orphans(data_dir)
         (data_dir / "postmaster.pid").unlink(missing_ok=True)
 
+    if not _pid_alive(_postmaster_pid(data_dir)):  # a live server still writes its file
+        _drop_earlier_logs(data_dir / "log")
     port = _choose_port("PostgreSQL", pg_state.get("port"), DEFAULT_PG_PORT, "PERFLAB_PG_PORT")
     _write_pg_settings(data_dir, port)
     _prepare_for_server_user(data_dir, log_file, run_as)
@@ -463,7 +465,36 @@ def _start_postgres(state: dict) -> None:
 
 
 def _stop_postgres(state: dict) -> str:
-    return _stop_pg_server(_pg_dirs()[0], "PostgreSQL")
+    data_dir = _pg_dirs()[0]
+    said = _stop_pg_server(data_dir, "PostgreSQL")
+    if not _pid_alive(_postmaster_pid(data_dir)):
+        _drop_earlier_logs(data_dir / "log")
+    return said
+
+
+PREVIOUS_LOG = "previous-run.txt"  # not *.log: a failed start's message tails the newest *.log
+
+
+def _drop_earlier_logs(log_dir: Path, keep_lines: int = 200) -> None:
+    """Delete the log files of servers that have stopped, keeping the last lines of the newest.
+
+    The logging collector starts a file pair (text and jsonlog) at every server start and never
+    deletes one; the probes log every statement they count, so one ``make test`` wrote 208 MB of
+    them into ``.perflab/test`` and every further run added as much. Nothing reads a stopped
+    server's log (a probe asks ``pg_current_logfile()``), so a clean stop and the next start drop
+    them; the newest text log's last lines stay in ``log/previous-run.txt``, for a crash's story."""
+    if not log_dir.is_dir():
+        return
+    logs = sorted(log_dir.glob("postgresql-*"), key=lambda p: p.stat().st_mtime)
+    texts = [p for p in logs if p.suffix == ".log"]
+    if texts:
+        with contextlib.suppress(OSError), texts[-1].open("rb") as newest:
+            newest.seek(max(0, newest.seek(0, os.SEEK_END) - 64 * 1024))
+            tail = newest.read().decode(errors="replace").splitlines()[-keep_lines:]
+            (log_dir / PREVIOUS_LOG).write_text(f"# the last lines of {texts[-1].name}\n" + "\n".join(tail) + "\n")
+    for path in logs:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _stop_pg_server(data_dir: Path, label: str) -> str:

@@ -64,10 +64,16 @@ def test_up_is_idempotent_and_recovers_from_sigkill(private_stack):
     _, recovered = stack.up()
     assert all("started" in m for m in recovered), recovered
     assert all(row["health"] == "healthy" for row in stack.status())
+    # Three starts, one server log: each start drops the logs of servers that have stopped (one
+    # make test left 208 MB of them, and every run added its own), keeping the killed one's last lines.
+    log_dir = private_stack / "postgres" / "data" / "log"
+    assert len(list(log_dir.glob("postgresql-*.log"))) == 1, sorted(log_dir.iterdir())
+    assert "database system is ready to accept connections" in (log_dir / stack.PREVIOUS_LOG).read_text()
 
     stopped = stack.down()
     assert all("stopped" in m for m in stopped), stopped
     assert all("not running" in m for m in stack.down())
+    assert [p.name for p in log_dir.iterdir()] == [stack.PREVIOUS_LOG]
 
 
 def test_busy_pinned_port_names_the_fix(private_stack, monkeypatch):
