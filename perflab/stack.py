@@ -443,8 +443,7 @@ def _start_postgres(state: dict) -> None:
         _kill_orphans(data_dir)
         (data_dir / "postmaster.pid").unlink(missing_ok=True)
 
-    if not _pid_alive(_postmaster_pid(data_dir)):  # a live server still writes its file
-        _drop_earlier_logs(data_dir / "log")
+    _drop_earlier_logs(data_dir)
     port = _choose_port("PostgreSQL", pg_state.get("port"), DEFAULT_PG_PORT, "PERFLAB_PG_PORT")
     _write_pg_settings(data_dir, port)
     _prepare_for_server_user(data_dir, log_file, run_as)
@@ -467,23 +466,24 @@ def _start_postgres(state: dict) -> None:
 def _stop_postgres(state: dict) -> str:
     data_dir = _pg_dirs()[0]
     said = _stop_pg_server(data_dir, "PostgreSQL")
-    if not _pid_alive(_postmaster_pid(data_dir)):
-        _drop_earlier_logs(data_dir / "log")
+    _drop_earlier_logs(data_dir)
     return said
 
 
 PREVIOUS_LOG = "previous-run.txt"  # not *.log: a failed start's message tails the newest *.log
 
 
-def _drop_earlier_logs(log_dir: Path, keep_lines: int = 200) -> None:
-    """Delete the log files of servers that have stopped, keeping the last lines of the newest.
+def _drop_earlier_logs(data_dir: Path, keep_lines: int = 200) -> None:
+    """Delete the log files of the server in ``data_dir`` once it has stopped, keeping the last lines
+    of the newest; while it runs (it still writes its file) nothing is touched.
 
     The logging collector starts a file pair (text and jsonlog) at every server start and never
     deletes one; the probes log every statement they count, so one ``make test`` wrote 208 MB of
     them into ``.perflab/test`` and every further run added as much. Nothing reads a stopped
     server's log (a probe asks ``pg_current_logfile()``), so a clean stop and the next start drop
     them; the newest text log's last lines stay in ``log/previous-run.txt``, for a crash's story."""
-    if not log_dir.is_dir():
+    log_dir = data_dir / "log"
+    if _pid_alive(_postmaster_pid(data_dir)) or not log_dir.is_dir():
         return
     logs = sorted(log_dir.glob("postgresql-*"), key=lambda p: p.stat().st_mtime)
     texts = [p for p in logs if p.suffix == ".log"]
